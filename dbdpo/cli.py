@@ -1,0 +1,30 @@
+"""Shared entry-point behaviour: user errors print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from .errors import DbdpoError
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("diffusers", "transformers", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def run_main(cfg):
+    quiet_libraries()
+    from .multistep import run
+
+    try:
+        return run(cfg)
+    except DbdpoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

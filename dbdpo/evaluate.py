@@ -1,0 +1,72 @@
+"""Evaluate: CLIP-I / CLIP-T on the DreamBench prompt set of the concept's kind (live or object).
+
+CLIP-I = IS and CLIP-T = TS of generated images; each is averaged per prompt over its M images, then the
+prompt means give the reported mean and 1σ.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .generate import SampleSet, generate
+from .io import atomic_write, read_json, write_json
+
+
+def per_prompt_mean(values: np.ndarray, prompt_index: Sequence[int]) -> np.ndarray:
+    idx = np.asarray(prompt_index)
+    return np.array([values[idx == p].mean() for p in np.unique(idx)])
+
+
+def mean_std(x: np.ndarray) -> dict[str, float]:
+    x = np.asarray(x, dtype=np.float64)
+    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "n": int(len(x))}
+
+
+def save_grid(samples: SampleSet, path: str | Path, per_prompt: int = 1, max_prompts: int = 25,
+              labels: bool = False) -> Path:
+    """A PNG grid of generated images: one row of `per_prompt` images per prompt."""
+    from PIL import Image
+
+    pidx = np.asarray(samples.prompt_index)
+    prompts = list(dict.fromkeys(samples.prompt_index))[:max_prompts]
+    rows = [[i for i in np.flatnonzero(pidx == p)[:per_prompt]] for p in prompts]
+    first = samples.load_images([rows[0][0]])[0]
+    w, h = first.size
+    cols = max(len(r) for r in rows)
+    n_cols = cols if cols > 1 else min(len(rows), 5)
+    n_rows = len(rows) if cols > 1 else math.ceil(len(rows) / n_cols)
+    flat = [i for r in rows for i in r]
+    grid = Image.new("RGB", (n_cols * w, n_rows * h), "white")
+    for k, img in enumerate(samples.load_images(flat)):
+        r, c = (k // cols, k % cols) if cols > 1 else (k // n_cols, k % n_cols)
+        grid.paste(img, (c * w, r * h))
+    return atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def evaluate(backbone, scorer, concept, concept_emb, prompts: Sequence[str], out_dir: str | Path,
+             images_per_prompt: int, seed: int, batch_size: int = 8, text_variant: str = "remove",
+             progress: bool = True, desc: str = "eval") -> dict:
+    """Generate M images per evaluation prompt and report CLIP-I / CLIP-T (mean, 1σ over prompts)."""
+    from .scores import score_generation
+
+    out_dir = Path(out_dir)
+    result_file = out_dir / "eval.json"
+    if result_file.exists():
+        return read_json(result_file)
+    samples = generate(backbone, prompts, concept.holder, out_dir / "samples", images_per_prompt, seed,
+                       batch_size=batch_size, desc=desc, progress=progress)
+    scores = score_generation(scorer, samples, concept_emb, concept.holder, text_variant=text_variant,
+                              class_name=concept.class_name, out_dir=out_dir / "scores")
+    result = {
+        "eval/clip_i": mean_std(per_prompt_mean(scores["is"], samples.prompt_index)),
+        "eval/clip_t": mean_std(per_prompt_mean(scores["ts"], samples.prompt_index)),
+        "images_per_prompt": images_per_prompt,
+        "n_prompts": len(prompts),
+    }
+    save_grid(samples, out_dir / "grid.png", per_prompt=min(images_per_prompt, 4))
+    write_json(result_file, result)
+    return result

@@ -1,0 +1,163 @@
+"""Generate M images per prompt with the current model, in resumable shards.
+
+Every sample's initial noise comes from its own generator seeded with
+`seed(prompt, index, global_seed) = sha256(global_seed ‖ index ‖ prompt)[:8]`, never from its batch
+position, so batch size, sharding and resume never change an image.
+
+Layout of `out_dir`: `shard_00000/` … each holding `latents.safetensors` (diffusion-space latents,
+what DPO trains on), `meta.json` (prompt, formatted text, index, seed, image file) and PNG images.
+A shard is written to a temporary folder and renamed into place, so it is either complete or absent;
+a restart skips finished shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .errors import DbdpoError
+from .io import read_json, write_json
+
+PLACEHOLDER = "[V*]"
+
+
+def sample_seed(prompt: str, index: int, seed: int) -> int:
+    """A 63-bit seed from (prompt, sample index, global seed)."""
+    digest = hashlib.sha256(f"{seed}\x1f{index}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def format_prompt(prompt: str, holder: str) -> str:
+    """Replace the `[V*]` placeholder by the concept holder (e.g. `sks dog`)."""
+    return prompt.replace(PLACEHOLDER, holder)
+
+
+@dataclass
+class SampleSet:
+    """All samples of one generation: flat lists aligned with `latents` rows."""
+
+    root: Path
+    latents: torch.Tensor  # (K, C, h, w)
+    prompts: list[str]  # templates with [V*]
+    texts: list[str]  # formatted prompts the model saw
+    prompt_index: list[int]  # index of the prompt in the generation's prompt list
+    sample_index: list[int]
+    seeds: list[int]
+    images: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def load_images(self, idx: Sequence[int] | None = None):
+        from PIL import Image
+
+        idx = range(len(self)) if idx is None else idx
+        return [Image.open(self.images[i]).convert("RGB") for i in idx]
+
+
+def _shard_name(k: int) -> str:
+    return f"shard_{k:05d}"
+
+
+@torch.no_grad()
+def _generate_batch(backbone, texts: list[str], seeds: list[int], guidance_scale: float, steps: int) -> torch.Tensor:
+    device = backbone.pipe.device
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    shape = (len(seeds), *backbone.latent_shape)
+    # Initial noise drawn per sample on the CPU (device-independent), then handed to the pipeline.
+    latents = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(device, backbone.unet.dtype)
+    out = backbone.pipe(
+        prompt=texts, height=backbone.resolution, width=backbone.resolution, num_inference_steps=steps,
+        guidance_scale=guidance_scale, latents=latents, output_type="latent",
+        generator=[torch.Generator(device="cpu").manual_seed(s + 1) for s in seeds],
+    )
+    return out.images.float().cpu()
+
+
+def generate(
+    backbone,
+    prompts: Sequence[str],
+    holder: str,
+    out_dir: str | os.PathLike,
+    images_per_prompt: int,
+    seed: int,
+    batch_size: int = 8,
+    prompts_per_shard: int = 16,
+    guidance_scale: float | None = None,
+    num_inference_steps: int | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> SampleSet:
+    """Generate `images_per_prompt` samples for every prompt (templates with `[V*]`), resumably."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = list(prompts)
+    guidance = backbone.guidance_scale if guidance_scale is None else guidance_scale
+    steps = backbone.num_inference_steps if num_inference_steps is None else num_inference_steps
+    settings = {"holder": holder, "images_per_prompt": images_per_prompt, "seed": seed,
+                "guidance_scale": guidance, "num_inference_steps": steps, "n_prompts": len(prompts),
+                "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    manifest = out_dir / "generation.json"
+    if manifest.exists():
+        if read_json(manifest) != settings:
+            raise DbdpoError(f"{out_dir} holds samples generated with other settings; remove it or choose "
+                             "another run directory (hydra.run.dir=...) to start fresh.")
+    else:
+        write_json(manifest, settings)
+    for stale in out_dir.glob(".tmp_shard_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+    shards = [range(i, min(i + prompts_per_shard, len(prompts))) for i in range(0, len(prompts), prompts_per_shard)]
+    todo = [k for k in range(len(shards)) if not (out_dir / _shard_name(k)).exists()]
+    done = sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo)) * images_per_prompt
+    bar = tqdm(total=len(prompts) * images_per_prompt, initial=done, desc=desc, unit="img", disable=not progress)
+    for k in todo:
+        items = [(p, j) for p in shards[k] for j in range(images_per_prompt)]
+        tmp = out_dir / f".tmp_{_shard_name(k)}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        latents, meta = [], []
+        for b in range(0, len(items), batch_size):
+            chunk = items[b : b + batch_size]
+            texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
+            seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
+            lat = _generate_batch(backbone, texts, seeds, guidance, steps)
+            for (p, j), text, s, img in zip(chunk, texts, seeds, backbone.decode(lat)):
+                name = f"p{p:05d}_{j:03d}.png"
+                img.save(tmp / name)
+                meta.append({"prompt": prompts[p], "text": text, "prompt_index": p, "sample_index": j,
+                             "seed": s, "image": name})
+            latents.append(lat)
+            bar.update(len(chunk))
+        save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
+        write_json(tmp / "meta.json", meta)
+        os.replace(tmp, out_dir / _shard_name(k))
+    bar.close()
+    return load_samples(out_dir)
+
+
+def load_samples(out_dir: str | os.PathLike) -> SampleSet:
+    """Read every finished shard of a generation folder, in prompt order."""
+    out_dir = Path(out_dir)
+    lat, prompts, texts, pidx, sidx, seeds, images = [], [], [], [], [], [], []
+    for shard in sorted(out_dir.glob("shard_*")):
+        meta = read_json(shard / "meta.json")
+        lat.append(load_file(str(shard / "latents.safetensors"))["latents"])
+        for m in meta:
+            prompts.append(m["prompt"])
+            texts.append(m["text"])
+            pidx.append(m["prompt_index"])
+            sidx.append(m["sample_index"])
+            seeds.append(m["seed"])
+            images.append(shard / m["image"])
+    if not lat:
+        raise DbdpoError(f"no generated samples in {out_dir}.")
+    return SampleSet(out_dir, torch.cat(lat), prompts, texts, pidx, sidx, seeds, images)

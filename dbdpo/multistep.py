@@ -1,0 +1,278 @@
+"""The DreamBoothDPO outer loop: personalize, then S × (generate → score → pair → Diffusion-DPO), evaluating
+after personalization and after every step.
+
+    θ0 = personalize(concept);  for s in 1..S:  θ_s = DPO(θ_{s−1}; pairs from θ_{s−1}'s samples on P_s,
+                                                      reference θ_{s−1} or θ0)
+
+Every stage writes its outputs atomically into the run directory and is skipped when they are already
+there, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import Backbone, build_backbone
+from .concept import Concept, ConceptDataModule, load_concept_images
+from .dpo import DiffusionDPOModule, PairDataModule
+from .errors import ConfigError
+from .evaluate import evaluate, mean_std, save_grid
+from .generate import generate
+from .io import read_json, write_json
+from .pairs import build_pairs, make_filter, pair_stats, plot_alpha_hist, require_pairs
+from .personalize import DreamBoothModule
+
+log = logging.getLogger(__name__)
+
+REFERENCES = ("previous", "initial")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def _unet_done(path: Path) -> bool:
+    return (path / "diffusion_pytorch_model.safetensors").exists()
+
+
+def save_unet(unet: torch.nn.Module, path: Path) -> None:
+    """Write the UNet as safetensors into a temporary folder, then rename it into place."""
+    tmp = path.with_name(f".tmp_{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(str(tmp), safe_serialization=True)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def load_unet_into(unet: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "diffusion_pytorch_model.safetensors"))
+    unet.load_state_dict(state)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+def instantiate_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for _, lg in (cfg.get("logger") or {}).items():
+        if isinstance(lg, DictConfig) and "_target_" in lg:
+            loggers.append(instantiate(lg))
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, loggers: list, **overrides: Any) -> L.Trainer:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.trainer, logger=loggers or False, **overrides)
+
+
+def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
+    for lg in loggers:
+        lg.log_metrics(metrics, step=step)
+
+
+def log_images(loggers: list, key: str, paths: list[Path]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key=key, images=[str(p) for p in paths])
+
+
+def validate(cfg: DictConfig) -> None:
+    if int(cfg.steps.count) < 1:
+        raise ConfigError(f"steps.count must be ≥ 1 (got {cfg.steps.count}).")
+    if cfg.steps.reference not in REFERENCES:
+        raise ConfigError(f"steps.reference must be one of {REFERENCES} (got {cfg.steps.reference!r}).")
+    if int(cfg.generate.images_per_prompt) < 2:
+        raise ConfigError("generate.images_per_prompt must be ≥ 2: pairs are built among a prompt's images.")
+    if int(cfg.dpo.batch_size) % int(cfg.dpo.micro_batch_size):
+        raise ConfigError(f"dpo.batch_size ({cfg.dpo.batch_size}) must be a multiple of dpo.micro_batch_size "
+                          f"({cfg.dpo.micro_batch_size}).")
+    if cfg.method.name != "dreambooth":
+        raise ConfigError(f"method={cfg.method.name} is not implemented yet; use method=dreambooth.")
+
+
+# ---- stages -----------------------------------------------------------------------------------------------
+
+def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path) -> None:
+    if _unet_done(ckpt):
+        log.info("personalize: found %s, skipping training", ckpt)
+        load_unet_into(backbone.unet, ckpt)
+        return
+    m = cfg.method
+    dm = ConceptDataModule(concept, backbone.resolution, prompt_template=m.prompt, batch_size=int(m.batch_size),
+                           repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed))
+    module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1)
+    trainer.fit(module, datamodule=dm)
+    save_unet(backbone.unet, ckpt)
+
+
+def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dict[str, np.ndarray]:
+    from .scores import score_generation
+
+    return score_generation(scorer, samples, concept_emb, concept.holder, text_variant=cfg.scorer.text_variant,
+                            class_name=concept.class_name, out_dir=out_dir)
+
+
+def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, loggers: list, ckpt: Path,
+             step: int) -> None:
+    if _unet_done(ckpt):
+        log.info("dpo step %d: found %s, skipping training", step, ckpt)
+        load_unet_into(backbone.unet, ckpt)
+        return
+    d = cfg.dpo
+    accumulate = int(d.batch_size) // int(d.micro_batch_size)
+    dm = PairDataModule(samples, pairs, micro_batch_size=int(d.micro_batch_size), seed=int(cfg.seed) + step)
+    module = DiffusionDPOModule(backbone, ref_unet=ref_unet, beta=float(d.beta), lr=float(d.lr),
+                                weight_decay=float(d.weight_decay), warmup_steps=int(d.warmup_steps),
+                                seed=int(cfg.seed), outer_step=step)
+    L.seed_everything(int(cfg.seed) + step, workers=True, verbose=False)
+    max_steps = int(d.max_steps) if d.get("max_steps") else -1
+    trainer = make_trainer(cfg, loggers, max_epochs=int(d.epochs), max_steps=max_steps,
+                           accumulate_grad_batches=accumulate)
+    trainer.fit(module, datamodule=dm)
+    save_unet(backbone.unet, ckpt)
+
+
+def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
+    from .prompts import eval_prompts as dreambench_prompts
+
+    prompts = dreambench_prompts(live=concept.live, which=cfg.eval.prompt_set)
+    n = cfg.eval.get("max_prompts")
+    return prompts[: int(n)] if n else prompts
+
+
+def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path, stage: str) -> dict:
+    return evaluate(backbone, scorer, concept, concept_emb, prompts, out_dir,
+                    images_per_prompt=int(cfg.eval.images_per_prompt), seed=int(cfg.eval.seed),
+                    batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
+                    progress=bool(cfg.progress), desc=f"eval {stage}")
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+def run(cfg: DictConfig) -> dict:
+    """Run the whole method; returns (and writes) `metrics.json`."""
+    from .prompts import build_pool, read_pool, split_pool, write_pool
+    from .scores import build_scorer
+
+    validate(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(int(cfg.seed))
+
+    concept = Concept.from_cfg(cfg.concept)
+    concept_images = load_concept_images(concept.path)  # fails early with a clear message
+    filt = make_filter(cfg.filter)
+    S = int(cfg.steps.count)
+
+    backbone = build_backbone(cfg.backbone)
+    scorer = build_scorer(cfg.scorer)
+    concept_emb = scorer.embed_images(concept_images, reference=True)
+    loggers = instantiate_loggers(cfg)
+
+    # The prompt pool, split into S disjoint parts (written once, reread on resume).
+    pool_file = run_dir / "prompts" / "pool.jsonl"
+    if pool_file.exists():
+        pool = read_pool(pool_file)
+    else:
+        coco = None
+        if cfg.prompts.get("coco_prompts"):
+            coco = [ln.strip() for ln in Path(cfg.prompts.coco_prompts).read_text().splitlines() if ln.strip()]
+        pool = build_pool(concept.class_name, concept.live, int(cfg.prompts.n), float(cfg.prompts.coco_fraction),
+                          int(cfg.prompts.seed), coco_prompts=coco)
+        write_pool(pool_file, pool)
+    parts = split_pool(pool, S)
+    prompts_eval = eval_prompts(cfg, concept)
+
+    metrics_file = run_dir / "metrics.json"
+    metrics: dict[str, Any] = read_json(metrics_file) if metrics_file.exists() else {}
+    metrics.setdefault("stages", {})
+    metrics.update({"concept": concept.name, "backbone": backbone.name, "filter": cfg.filter.name, "steps": S})
+
+    def record(stage: str, values: dict, idx: int) -> None:
+        metrics["stages"][stage] = values
+        write_json(metrics_file, metrics)
+        flat = {k: v["mean"] if isinstance(v, dict) else v for k, v in values.items()
+                if isinstance(v, (int, float)) or (isinstance(v, dict) and "mean" in v)}
+        log_metrics(loggers, {**flat, "stage": idx}, step=idx)
+
+    # Personalize → θ0
+    ckpt_dir = run_dir / "checkpoints"
+    personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize")
+    ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, run_dir / "personalize" / "eval",
+                  "personalize")
+    record("personalize", ev, 0)
+    log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
+    initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.steps.reference == "initial" else None
+
+    for s in range(1, S + 1):
+        step_dir = run_dir / f"step_{s}"
+        part = [p.prompt for p in parts[s - 1]]
+        write_pool(step_dir / "prompts.jsonl", parts[s - 1])
+        samples = generate(backbone, part, concept.holder, step_dir / "samples", int(cfg.generate.images_per_prompt),
+                           seed=int(cfg.seed) * 1000 + s, batch_size=int(cfg.generate.batch_size),
+                           prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
+                           progress=bool(cfg.progress))
+        scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
+        pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)
+        stats = pair_stats(pairs)
+        write_json(step_dir / "pairs.json", {"winner": pairs.winner.tolist(), "loser": pairs.loser.tolist(),
+                                             "d_ts": pairs.d_ts.tolist(), "d_is": pairs.d_is.tolist(),
+                                             "alpha": pairs.alpha.tolist(), "filter": filt.to_dict()})
+        write_json(step_dir / "pair_stats.json", stats)
+        plot_alpha_hist(pairs, filt, step_dir / "alpha_hist.png")
+        save_grid(samples, step_dir / "samples_grid.png", per_prompt=min(4, int(cfg.generate.images_per_prompt)),
+                  max_prompts=8)
+        log_images(loggers, f"pairs/alpha_hist/step_{s}", [step_dir / "alpha_hist.png"])
+        require_pairs(pairs, filt, step=s)
+
+        ref = initial if initial is not None else copy.deepcopy(backbone.unet).requires_grad_(False)
+        dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s)
+        del ref
+        ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}")
+        ev.update({"pairs/candidates": stats["candidates"], "pairs/kept": stats["kept"],
+                   "score/is": mean_std(scores["is"]), "score/ts": mean_std(scores["ts"])})
+        record(f"step_{s}", ev, s)
+        log_images(loggers, f"eval/grid/step_{s}", [step_dir / "eval" / "grid.png"])
+
+    for lg in loggers:
+        lg.finalize("success")
+    print_summary(metrics)
+    return metrics
+
+
+def summary_table(metrics: dict) -> str:
+    rows = ["| stage | pairs kept / candidates | IS (train samples) | TS (train samples) | eval/clip_i | eval/clip_t |",
+            "|---|---|---|---|---|---|"]
+
+    def ms(v):
+        return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else "–"
+
+    for stage, v in metrics["stages"].items():
+        kept = f"{v['pairs/kept']} / {v['pairs/candidates']}" if "pairs/kept" in v else "–"
+        rows.append(f"| {stage} | {kept} | {ms(v.get('score/is'))} | {ms(v.get('score/ts'))} | "
+                    f"{ms(v.get('eval/clip_i'))} | {ms(v.get('eval/clip_t'))} |")
+    return "\n".join(rows)
+
+
+def print_summary(metrics: dict) -> None:
+    print("\nDreamBoothDPO summary "
+          f"(concept {metrics['concept']}, backbone {metrics['backbone']}, filter {metrics['filter']})")
+    print(summary_table(metrics))

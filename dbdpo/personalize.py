@@ -1,0 +1,85 @@
+"""Personalize: DreamBooth, a full fine-tune of the UNet on the concept photos.
+
+L(θ) = E_{x0, ε, t} ‖ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, c, t) − target‖²  with c = "a photo of sks <class>" and
+target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-prediction), as the backbone's scheduler says.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .errors import DbdpoError
+
+
+def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, t)
+    raise DbdpoError(f"prediction_type '{kind}' of the backbone's scheduler is not supported (epsilon, v_prediction).")
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, keys…): training noise depends on the step, not on history."""
+    s = seed
+    for k in keys:
+        s = (s * 1_000_003 + int(k) + 1) % (1 << 62)
+    return torch.Generator().manual_seed(s)
+
+
+def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise DbdpoError(f"{what} loss became {loss.item()} at step {step}; lower the learning rate "
+                         f"({'dpo.lr' if what == 'DPO' else 'method.lr'}) or use backbone.dtype=float32.")
+
+
+class DreamBoothModule(L.LightningModule):
+    """Full-UNet DreamBooth fine-tune; the VAE and text encoder stay frozen."""
+
+    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0,
+                 max_grad_norm: float | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.unet = backbone.unet
+        self.vae = backbone.vae.requires_grad_(False)
+        self.text_encoder = backbone.text_encoder.requires_grad_(False)
+        self.unet.requires_grad_(True)
+        self.noise_scheduler = backbone.noise_scheduler()
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in set(prompts) if p not in self._prompt_cache]
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, self.backbone.encode_prompts(missing)):
+                    self._prompt_cache[p] = e
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def training_step(self, batch, batch_idx):
+        g = step_generator(self.hparams.seed, self.global_step, batch_idx)
+        with torch.no_grad():
+            latents = self.backbone.encode_images(batch["pixels"], generator=g).to(self.device)
+        bsz = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=g).to(latents)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        cond = self._embed(list(batch["prompt"])).to(latents)
+        pred = self.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t).float())
+        check_finite(loss, "DreamBooth", self.global_step)
+        self.log("personalize/loss", loss, prog_bar=True, on_step=True, batch_size=bsz)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def n_steps(n_items: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(n_items * epochs / batch_size))
