@@ -132,6 +132,7 @@ class DiffusionDPOModule(L.LightningModule):
         return out["loss"]
 
     def on_train_epoch_start(self) -> None:
+        self.unet.train()
         self.ref_unet.eval()
 
     def configure_optimizers(self):

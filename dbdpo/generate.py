@@ -104,6 +104,7 @@ def generate(
     steps = backbone.num_inference_steps if num_inference_steps is None else num_inference_steps
     settings = {"holder": holder, "images_per_prompt": images_per_prompt, "seed": seed,
                 "guidance_scale": guidance, "num_inference_steps": steps, "n_prompts": len(prompts),
+                "prompts_per_shard": prompts_per_shard,  # shard k covers prompts [k·pps, (k+1)·pps)
                 "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
     manifest = out_dir / "generation.json"
     if manifest.exists():

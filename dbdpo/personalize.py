@@ -76,6 +76,9 @@ class DreamBoothModule(L.LightningModule):
         self.log("personalize/loss", loss, prog_bar=True, on_step=True, batch_size=bsz)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.unet.train()
+
     def configure_optimizers(self):
         params = [p for p in self.unet.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

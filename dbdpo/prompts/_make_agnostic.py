@@ -52,6 +52,20 @@ APPEARANCE = [
         "jelly", "cotton candy", "driftwood", "sea glass", "brass gears", "bamboo", "terracotta",
         "autumn leaves", "soap bubbles", "clouds", "lace", "sushi rice",
     ])),
+    (False, _t("a [V*] made of {}", [
+        "brushed steel", "bubble gum", "neon tubes", "gingerbread", "mismatched buttons",
+        "Swiss cheese", "obsidian", "velvet",
+    ])),
+    (False, _t("a [V*] painted like {}", [
+        "a ladybug", "a watermelon", "a tiger", "a strawberry", "a fire truck", "a sunflower",
+        "a pineapple",
+    ])),
+    (False, _t("a [V*] in shades of {}", [
+        "teal", "sunset orange", "deep violet", "sea green", "dusty rose",
+    ])),
+    (False, _t("a [V*] with {} texture", [
+        "a fuzzy", "a bumpy reptile-skin", "a quilted", "a wood-grain", "a honeycomb",
+    ])),
     (False, _t("a [V*] covered in {}", [
         "frost", "fresh snow", "green moss", "fine glitter", "tiny flowers", "morning dew",
         "golden sand", "colorful sprinkles", "climbing ivy", "soot", "powdered sugar",
@@ -132,6 +146,7 @@ OUTFIT = [
         "a hazmat suit", "a yellow raincoat and matching boots", "a green hoodie and sneakers",
         "a pink tutu and ballet shoes", "a red cape and a golden mask",
         "a denim vest covered in patches", "a tartan kilt",
+        "a marching band uniform", "a cheerleader outfit",
     ])),
     (True, _t("a [V*] dressed as {}", [
         "a pirate", "an astronaut", "a medieval knight", "a cowboy", "a mad scientist",
@@ -155,13 +170,19 @@ OUTFIT = [
         "a silk ribbon", "shiny gift paper", "a string of fairy lights", "bubble wrap",
         "a plaid blanket", "old newspaper", "aluminum foil", "burlap", "brown paper and twine",
         "a lace veil", "colorful yarn", "cellophane", "a Christmas garland", "a striped towel",
-        "a patterned silk scarf", "a knitted blanket",
+        "a patterned silk scarf", "a knitted blanket", "a tea towel",
     ])),
     (False, _t("a [V*] decorated with {}", [
         "stickers", "glitter glue", "tiny seashells", "pearls", "rhinestones", "holiday ornaments",
         "paper flowers", "enamel pins", "painted daisies", "hand-drawn doodles", "googly eyes",
         "tiny mirrors", "embroidered patches", "pressed flowers", "bottle caps", "candy canes",
         "colorful feathers", "Easter eggs",
+    ])),
+    (False, _t("a [V*] decorated with {}", [
+        "washi tape", "lace trim", "dried lavender", "hand-painted stars", "gold studs",
+    ])),
+    (False, _t("a [V*] with {} pinned to it", [
+        "a sheriff's badge", "a corsage", "a rosette ribbon", "a campaign button",
     ])),
     (False, _t("a [V*] tied with {}", [
         "a big red bow", "rough twine", "a satin ribbon", "a string of wooden beads",
@@ -200,6 +221,23 @@ BACKGROUND = [
         "a vineyard", "a botanical garden", "a mountain meadow", "a foggy harbor",
         "a cherry orchard", "a spaceship cockpit", "an old bookshop", "a tropical rainforest",
         "a snowy pine forest", "Venice", "a diner at night", "a coral reef",
+    ])),
+    (False, _t("a [V*] in {}", [
+        "a salt flat", "a lava field", "an old-fashioned barbershop", "a treehouse",
+        "a bowling alley", "an airport lounge", "a planetarium", "a candy shop", "a hot spring",
+        "a birch forest", "a jazz club", "an olive grove", "a Greek island village",
+        "an Arctic research station",
+    ])),
+    (False, _t("a [V*] by {}", [
+        "a crystal-clear mountain stream", "a lily pond", "the fountain in a town square",
+        "a roaring river",
+    ])),
+    (False, _t("a [V*] among {}", [
+        "ancient temple ruins", "the stalls of a flea market", "the crowds of Times Square",
+        "snow-covered tents at a base camp",
+    ])),
+    (False, _t("a [V*] with {} behind it", [
+        "a marching band", "a herd of elephants", "an ancient stone circle",
     ])),
     (False, _t("a [V*] with {} in the background", [
         "hot air balloons", "the northern lights", "a lighthouse", "a waterfall",
@@ -280,16 +318,21 @@ STYLE = [
         "Mexican folk art", "Chinese ink wash", "ancient Egyptian", "surrealist", "pointillist",
         "expressionist", "fauvist", "rococo", "kawaii", "chibi", "Victorian", "Y2K",
         "glitch art", "cel-shaded", "dieselpunk",
+        "Soviet constructivist", "cottagecore", "solarpunk", "Dutch Golden Age", "Pre-Raphaelite",
+        "traditional tattoo", "Celtic knotwork", "Persian miniature", "retro-futurist",
+        "1950s advertisement",
     ])),
     (False, [f"{_article(m)} {m} of a [V*]" for m in [
         "watercolor painting", "charcoal sketch", "oil painting", "pencil drawing", "linocut print",
         "mosaic", "embroidered patch", "woodcut", "marble statue", "bronze statue", "pastel drawing",
-        "gouache painting", "ink drawing", "graffiti mural", "chalk drawing on a sidewalk", "fresco",
+        "gouache painting", "ink drawing", "graffiti mural", "sidewalk chalk drawing", "fresco",
         "tapestry", "cross-stitch pattern", "blueprint", "3D render", "paper cutout",
         "cave painting", "vintage travel poster", "movie poster", "tarot card", "postage stamp",
         "comic strip", "children's book illustration", "scientific illustration", "technical drawing",
         "etching", "screen print", "risograph print", "holographic trading card", "sticker design",
         "Byzantine icon", "illuminated manuscript page", "sand painting",
+        "papier-mache sculpture", "bas-relief", "spray-paint stencil", "patchwork quilt",
+        "lithograph", "cyanotype",
     ]]),
     (False, [f"{_article(p)} {p} photo of a [V*]" for p in [
         "polaroid", "black and white", "double exposure", "long-exposure", "tilt-shift",
@@ -335,6 +378,31 @@ STYLE = [
         "a doodle of a [V*] in the margin of a notebook",
         "a detailed engraving of a [V*] on an old banknote",
         "a child's drawing of a [V*] stuck on a fridge",
+    ]),
+    (False, [f"{_article(a)} {a} illustration of a [V*]" for a in [
+        "whimsical", "isometric", "hand-inked manga", "retro science fiction", "fairytale",
+        "loose ink and wash",
+    ]]),
+    (False, _t("a [V*] painted on {}", [
+        "a ceramic plate", "a paper fan", "the side of a truck", "a smooth pebble",
+        "a Russian nesting doll", "a silk scroll",
+    ])),
+    (False, [
+        "a film still of a [V*] from a 1950s sci-fi movie", "a [V*] in a scene from a spaghetti western",
+        "a [V*] in a scene from a horror movie", "a [V*] in a scene from a Technicolor musical",
+        "a [V*] in a scene from a stop-motion animation", "a [V*] in a scene from a Bollywood dance number",
+    ]),
+    (False, [
+        "a [V*] photographed in a professional studio", "a paparazzi shot of a [V*]",
+        "a product shot of a [V*] on a seamless backdrop",
+        "a cinematic still of a [V*] with anamorphic lens flare", "a selfie with a [V*]",
+        "a [V*] on a glossy magazine cover", "a passport photo of a [V*]",
+        "a blurry motion shot of a [V*]", "a vintage daguerreotype of a [V*]",
+        "a [V*] in a 1990s disposable camera photo",
+    ]),
+    (False, [
+        "a [V*] on a medieval coat of arms", "a [V*] printed on a T-shirt",
+        "a [V*] on a vintage cereal box", "a [V*] on a retro lunchbox",
     ]),
 ]
 
@@ -438,6 +506,38 @@ POSITION = [
         "a [V*] in the corner of an empty room", "a [V*] at the end of a long hallway",
         "a [V*] in the center of a round table", "a [V*] at the bottom of a swimming pool",
         "a [V*] at the top of a spiral staircase", "a [V*] in a row of identical boxes",
+    ]),
+    (False, _t("a [V*] tucked {}", [
+        "into a picnic basket", "between books on a shelf", "between the sofa cushions",
+    ])),
+    (False, _t("a [V*] perched on {}", [
+        "a garden wall", "a chimney", "a lamppost", "the rim of a fountain",
+    ])),
+    (False, _t("a [V*] lying {}", [
+        "on a wet street", "on an unmade bed", "in a field of clover", "on a sandy path",
+    ])),
+    (False, _t("a [V*] left {}", [
+        "on a train seat", "on a doorstep", "behind on an empty beach", "out in the rain",
+    ])),
+    (False, [
+        "a [V*] displayed on a pedestal in a museum", "a [V*] in a glass display case",
+        "a [V*] on a rotating stand", "a [V*] spinning in mid-air",
+        "a [V*] suspended from the ceiling by strings", "a [V*] caught in a gust of wind",
+        "a [V*] sinking slowly into deep water", "a [V*] under a bed", "a [V*] under a table at a party",
+        "a [V*] under a tiny umbrella in the rain", "a [V*] under a glass dome",
+        "a [V*] behind a frosted glass door", "a [V*] behind a stack of firewood",
+    ]),
+    (False, [
+        "a child holding up a [V*]", "a woman carrying a [V*] down the street",
+        "a man pointing at a [V*]", "a crowd gathered around a [V*]", "a robot inspecting a [V*]",
+        "a toddler reaching for a [V*]",
+    ]),
+    (True, [
+        "a [V*] peering over a fence", "a [V*] leaping into a pool",
+        "a [V*] balancing a ball on its nose", "a [V*] napping in a pile of laundry",
+        "a [V*] sticking its head out of a car window", "a [V*] begging for a treat",
+        "a [V*] standing guard at a door", "a [V*] waiting at the front door",
+        "a [V*] sneaking onto the kitchen counter",
     ]),
 ]
 

@@ -1,0 +1,19 @@
+# Common tasks. `make install` then `make run` then `make test`.
+PY ?= python
+
+.PHONY: install run test test-fast bench clean
+
+install:
+	$(PY) -m pip install -e ".[test]"
+
+run:
+	$(PY) train.py
+
+test:
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-fast:
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf logs outputs multirun .pytest_cache
