@@ -246,7 +246,12 @@ def test_pool_shortfall_and_limits():
         pool = build_pool("dog", True, 1200, 0.0, seed=0, coco_prompts=COCO)
     assert Counter(p.source for p in pool) == {"coco": 200, "agnostic": 1000}
     with pytest.raises(ConfigError, match=r"prompts\.n"):
-        build_pool("dog", True, 1001, 0.75, seed=0)
+        build_pool("dog", True, 2000, 0.75, seed=0, coco_prompts=COCO)
+    # agnostic-only: capped at what suits the concept, with a warning naming the fix
+    with pytest.warns(UserWarning, match="prompts.coco_prompts"):
+        capped = build_pool("vase", False, 1000, 0.75, seed=0)
+    assert len(capped) == len({p.prompt for p in capped}) < 1000
+    assert not any(p.source == "coco" for p in capped)
     with pytest.raises(ConfigError, match=r"prompts\.n"):
         build_pool("dog", True, 0, 0.75, seed=0)
     with pytest.raises(ConfigError, match="coco_fraction"):
@@ -363,7 +368,7 @@ def test_cli_coco_and_build(capsys, tmp_path):
 
 
 def test_cli_errors(capsys, tmp_path):
-    assert main(["build", "--class-name", "dog", "--n", "5000", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["build", "--class-name", "dog", "--n", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "prompts.n" in err and "Traceback" not in err
     assert main(["coco", "--captions", str(tmp_path / "a.json"), "--instances", str(tmp_path / "b.json"),

@@ -92,6 +92,13 @@ def build_pool(
             coco.append(PoolPrompt(text, "coco", None))
 
     available = len(coco) + len(agnostic)
+    if n > available and not coco:
+        # Agnostic-only pools are capped at what suits the concept rather than failing the default run.
+        warnings.warn(
+            f"prompts.n={n} but only {available} agnostic prompts suit {'a live' if live else 'an object'} "
+            f"concept; using {available}. Mine COCO prompts (`python -m dbdpo.prompts coco`) and set "
+            "prompts.coco_prompts for a larger pool", stacklevel=2)
+        n = available
     if n > available:
         raise ConfigError(
             f"prompts.n={n} is more than the {available} distinct prompts available "

@@ -1,0 +1,53 @@
+"""Shared fixtures: one thread, no network, a tiny backbone factory and a folder of concept photos."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub / wandb (they read these at import time).
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = {"name": "tiny", "resolution": 32, "sampler": "DDIMScheduler", "num_inference_steps": 3,
+        "guidance_scale": 3.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """Factory: `tiny_backbone(**overrides)` builds a fresh tiny backbone (~0.1 s after the first import)."""
+    from dbdpo.backbones import build_backbone
+
+    def make(**overrides):
+        return build_backbone({**TINY, **overrides})
+
+    return make
+
+
+def shape_image(size: tuple[int, int], colour=(220, 30, 30), background=(245, 245, 245), ellipse: bool = True):
+    """A coloured shape (ellipse or rectangle) centred on a plain background."""
+    w, h = size
+    im = Image.new("RGB", size, background)
+    box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
+    draw = ImageDraw.Draw(im)
+    (draw.ellipse if ellipse else draw.rectangle)(box, fill=colour)
+    return im
+
+
+@pytest.fixture
+def concept_dir(tmp_path):
+    """Four small photos of a red shape: two PNG, two JPEG, of different (non-square) sizes."""
+    d = tmp_path / "concept"
+    d.mkdir()
+    specs = [("a.png", (40, 32), True), ("b.png", (32, 48), False), ("c.jpg", (48, 36), True),
+             ("d.jpeg", (36, 36), False)]
+    for name, size, ellipse in specs:
+        im = shape_image(size, ellipse=ellipse)
+        im.save(d / name, **({"quality": 95} if name.endswith(("jpg", "jpeg")) else {}))
+    return d
