@@ -92,10 +92,10 @@ def log_images(loggers: list, key: str, paths: list[Path]) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    if int(cfg.steps.count) < 1:
-        raise ConfigError(f"steps.count must be ≥ 1 (got {cfg.steps.count}).")
-    if cfg.steps.reference not in REFERENCES:
-        raise ConfigError(f"steps.reference must be one of {REFERENCES} (got {cfg.steps.reference!r}).")
+    if int(cfg.steps) < 1:
+        raise ConfigError(f"steps must be ≥ 1 (got {cfg.steps}).")
+    if cfg.dpo.reference not in REFERENCES:
+        raise ConfigError(f"dpo.reference must be one of {REFERENCES} (got {cfg.dpo.reference!r}).")
     if int(cfg.generate.images_per_prompt) < 2:
         raise ConfigError("generate.images_per_prompt must be ≥ 2: pairs are built among a prompt's images.")
     if int(cfg.dpo.batch_size) % int(cfg.dpo.micro_batch_size):
@@ -180,7 +180,7 @@ def run(cfg: DictConfig) -> dict:
     concept = Concept.from_cfg(cfg.concept)
     concept_images = load_concept_images(concept.path)  # fails early with a clear message
     filt = make_filter(cfg.filter)
-    S = int(cfg.steps.count)
+    S = int(cfg.steps)
 
     backbone = build_backbone(cfg.backbone)
     scorer = build_scorer(cfg.scorer)
@@ -220,7 +220,7 @@ def run(cfg: DictConfig) -> dict:
                   "personalize")
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
-    initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.steps.reference == "initial" else None
+    initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.dpo.reference == "initial" else None
 
     for s in range(1, S + 1):
         step_dir = run_dir / f"step_{s}"
