@@ -117,12 +117,12 @@ def load_pipeline(kind: str, pretrained: str, torch_dtype: torch.dtype = torch.f
             f"backbone weights not found: '{pretrained}' does not exist. Set backbone.pretrained to a folder "
             "written by `save_pretrained` (or a diffusers hub id available in the local cache)."
         )
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "local_files_only": local_files_only}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": local_files_only}
     if kind == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         if vae:
-            kwargs["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=torch_dtype, local_files_only=local_files_only)
+            kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=torch_dtype, local_files_only=local_files_only)
         pipe = cls.from_pretrained(str(path) if path.exists() else pretrained, **kwargs)
     except Exception as e:  # hub client / filesystem / config errors: all mean "weights not usable here"
         raise DbdpoError(

@@ -91,6 +91,18 @@ def log_images(loggers: list, key: str, paths: list[Path]) -> None:
             lg.log_image(key=key, images=[str(p) for p in paths])
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu or cuda[:k].") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu.")
+    return dev
+
+
 def validate(cfg: DictConfig) -> None:
     if int(cfg.steps) < 1:
         raise ConfigError(f"steps must be ≥ 1 (got {cfg.steps}).")
@@ -107,7 +119,8 @@ def validate(cfg: DictConfig) -> None:
 
 # ---- stages -----------------------------------------------------------------------------------------------
 
-def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path) -> None:
+def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path,
+                device: torch.device) -> None:
     if _unet_done(ckpt):
         log.info("personalize: found %s, skipping training", ckpt)
         load_unet_into(backbone.unet, ckpt)
@@ -120,6 +133,7 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1)
     trainer.fit(module, datamodule=dm)
     save_unet(backbone.unet, ckpt)
+    backbone.to(device)
 
 
 def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dict[str, np.ndarray]:
@@ -130,7 +144,7 @@ def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dic
 
 
 def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, loggers: list, ckpt: Path,
-             step: int) -> None:
+             step: int, device: torch.device) -> None:
     if _unet_done(ckpt):
         log.info("dpo step %d: found %s, skipping training", step, ckpt)
         load_unet_into(backbone.unet, ckpt)
@@ -147,6 +161,7 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
                            accumulate_grad_batches=accumulate)
     trainer.fit(module, datamodule=dm)
     save_unet(backbone.unet, ckpt)
+    backbone.to(device)
 
 
 def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
@@ -182,8 +197,9 @@ def run(cfg: DictConfig) -> dict:
     filt = make_filter(cfg.filter)
     S = int(cfg.steps)
 
-    backbone = build_backbone(cfg.backbone)
-    scorer = build_scorer(cfg.scorer)
+    device = resolve_device(str(cfg.device))
+    backbone = build_backbone(cfg.backbone).to(device)
+    scorer = build_scorer(cfg.scorer, device=str(device))
     concept_emb = scorer.embed_images(concept_images, reference=True)
     loggers = instantiate_loggers(cfg)
 
@@ -215,7 +231,7 @@ def run(cfg: DictConfig) -> dict:
 
     # Personalize → θ0
     ckpt_dir = run_dir / "checkpoints"
-    personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize")
+    personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize", device)
     ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, run_dir / "personalize" / "eval",
                   "personalize")
     record("personalize", ev, 0)
@@ -244,7 +260,7 @@ def run(cfg: DictConfig) -> dict:
         require_pairs(pairs, filt, step=s)
 
         ref = initial if initial is not None else copy.deepcopy(backbone.unet).requires_grad_(False)
-        dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s)
+        dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}")
         ev.update({"pairs/candidates": stats["candidates"], "pairs/kept": stats["kept"],
