@@ -125,12 +125,16 @@ def load_pipeline(kind: str, pretrained: str, torch_dtype: torch.dtype = torch.f
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=torch_dtype, local_files_only=local_files_only)
         pipe = cls.from_pretrained(str(path) if path.exists() else pretrained, **kwargs)
     except Exception as e:  # hub client / filesystem / config errors: all mean "weights not usable here"
-        raise DbdpoError(
-            f"could not load backbone weights from '{pretrained}' ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "No model can be downloaded here: download it where there is network "
-            f"(e.g. `hf download {pretrained} --local-dir /data/models/x`) and pass "
-            "backbone.pretrained=/data/models/x."
-        ) from e
+        cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        if path.exists():
+            hint = (f"'{pretrained}' is not a complete diffusers pipeline folder (written by `save_pretrained`, "
+                    "with model_index.json and one subfolder per component); fix it or point backbone.pretrained "
+                    "at another copy.")
+        else:
+            hint = ("No model can be downloaded here: download it where there is network "
+                    f"(e.g. `hf download {pretrained} --local-dir /data/models/x`) and pass "
+                    "backbone.pretrained=/data/models/x.")
+        raise DbdpoError(f"could not load backbone weights from '{pretrained}' ({cause}). {hint}") from e
     return pipe
 
 

@@ -99,9 +99,12 @@ def test_resume_regenerates_only_missing_shard(backbone, tmp_path):
     stale = out / ".tmp_shard_00001"  # what a run killed mid-shard leaves behind
     stale.mkdir()
     (stale / "p00001_000.png").write_bytes(b"half written")
+    orphan = out / ".tmp_shard_00099"  # stale folders of shards not regenerated go too
+    orphan.mkdir()
+    (orphan / "latents.safetensors").write_bytes(b"junk")
 
     again = run(backbone, out)
-    assert not stale.exists() and not list(out.glob(".tmp_shard_*"))
+    assert not stale.exists() and not orphan.exists() and not list(out.glob(".tmp_shard_*"))
     assert sorted(p.name for p in out.glob("shard_*")) == shards
     assert torch.equal(again.latents[M : 2 * M], lost)
     assert torch.equal(again.latents, first.latents)
