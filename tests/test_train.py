@@ -161,3 +161,18 @@ def test_unknown_backbone_names_the_choices():
     proc = run_train(["backbone=nonexistent", "logger=none"])
     assert proc.returncode != 0
     assert "backbone/nonexistent" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dreambench_concept_config_resolves_to_photos(tmp_path):
+    from dbdpo.concept import Concept, load_concept_images
+    from dbdpo.multistep import eval_prompts
+
+    cfg = compose(["concept=dreambench/dog6", "eval.max_prompts=null"], tmp_path)
+    concept = Concept.from_cfg(cfg.concept)
+    if not Path(concept.path).is_dir():
+        pytest.skip(f"DreamBench copy not found at {concept.path}")
+    images = load_concept_images(concept.path, resolution=64)
+    assert 4 <= len(images) <= 6 and images[0].size == (64, 64)
+    assert concept.holder == "sks dog" and concept.live
+    prompts = eval_prompts(cfg, concept)
+    assert len(prompts) == 25 and "a [V*] wearing a santa hat" in prompts
