@@ -17,3 +17,6 @@ test-fast:
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache
+
+bench:
+	OMP_NUM_THREADS=1 $(PY) -m dbdpo.bench
