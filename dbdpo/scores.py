@@ -46,12 +46,21 @@ _NON_CONSTRUCTOR_KEYS = ("text_variant",)
 _CONSTRUCTOR_KEYS = ("model_name", "pretrained", "preprocess", "batch_size", "seed", "device")
 
 
-def register_tiny_clip() -> str:
-    """Register the `dbdpo-tiny-clip` architecture with open_clip (idempotent); returns its name."""
+def register_clip_configs() -> list[str]:
+    """Register every open_clip architecture shipped in `dbdpo/clip_configs/` (idempotent)."""
     import open_clip
 
-    if TINY_CLIP not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP}.json")
+    names = sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+    known = set(open_clip.list_models())
+    for name in names:
+        if name not in known:
+            open_clip.add_model_config(_CONFIG_DIR / f"{name}.json")
+    return names
+
+
+def register_tiny_clip() -> str:
+    """Register the `dbdpo-tiny-clip` architecture with open_clip (idempotent); returns its name."""
+    register_clip_configs()
     return TINY_CLIP
 
 
@@ -104,7 +113,7 @@ class ClipScorer(torch.nn.Module):
         super().__init__()
         import open_clip
 
-        register_tiny_clip()
+        register_clip_configs()
         if preprocess not in PREPROCESS_MODES:
             raise ConfigError(
                 f"scorer.preprocess={preprocess!r} is unknown; choose one of {list(PREPROCESS_MODES)}"
