@@ -92,7 +92,7 @@ RESERVED_LOOKS = {
 MIN_CONTRAST = 80.0  # RGB distance below which an object colour is unreadable on a background / pattern
 TINT_FADE_TO = (215, 215, 215)
 TINT_FADE = 0.5
-TINT_DARK = 0.45
+TINT_DARK = 0.55
 HIGHLIGHT_RGB = (255, 255, 250)
 MIN_TINT_EFFECT = 40.0
 
@@ -332,7 +332,7 @@ def sample_scenes(n: int, rng: np.random.Generator | int, split: str = "pretrain
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     choices = {name: _allowed(name, allow, SCENE_PATTERNS if name == "pattern" else vals)
                for name, vals in ATTRIBUTES.items()}
-    parts, have = [], 0
+    parts, have = [SceneBatch(**{f.name: np.zeros(0) for f in fields(SceneBatch)})], 0
     for _ in range(1000):
         if have >= n:
             break
