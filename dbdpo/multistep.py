@@ -164,10 +164,20 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
     backbone.to(device)
 
 
-def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
-    from .prompts import eval_prompts as dreambench_prompts
+def is_world_concept(cfg: DictConfig) -> bool:
+    return cfg.concept.get("world") is not None
 
-    prompts = dreambench_prompts(live=concept.live, which=cfg.eval.prompt_set)
+
+def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
+    """DreamBench's live or object set; for a miniature-world concept, the world's evaluation set."""
+    if is_world_concept(cfg):
+        from .world.prompts import world_eval_prompts
+
+        prompts = world_eval_prompts("val" if cfg.eval.prompt_set == "val" else "full")
+    else:
+        from .prompts import eval_prompts as dreambench_prompts
+
+        prompts = dreambench_prompts(live=concept.live, which=cfg.eval.prompt_set)
     n = cfg.eval.get("max_prompts")
     return prompts[: int(n)] if n else prompts
 
@@ -193,6 +203,10 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.seed))
 
     concept = Concept.from_cfg(cfg.concept)
+    if is_world_concept(cfg):  # a world concept's photos are rendered from its config
+        from .world.concepts import render_concept_photos
+
+        render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
     concept_images = load_concept_images(concept.path)  # fails early with a clear message
     filt = make_filter(cfg.filter)
     S = int(cfg.steps)
@@ -211,8 +225,13 @@ def run(cfg: DictConfig) -> dict:
         coco = None
         if cfg.prompts.get("coco_prompts"):
             coco = [ln.strip() for ln in Path(cfg.prompts.coco_prompts).read_text().splitlines() if ln.strip()]
-        pool = build_pool(concept.class_name, concept.live, int(cfg.prompts.n), float(cfg.prompts.coco_fraction),
-                          int(cfg.prompts.seed), coco_prompts=coco)
+        if is_world_concept(cfg):
+            from .world.prompts import world_pool
+
+            pool = world_pool(int(cfg.prompts.n), int(cfg.prompts.seed))
+        else:
+            pool = build_pool(concept.class_name, concept.live, int(cfg.prompts.n),
+                              float(cfg.prompts.coco_fraction), int(cfg.prompts.seed), coco_prompts=coco)
         write_pool(pool_file, pool)
     parts = split_pool(pool, S)
     prompts_eval = eval_prompts(cfg, concept)

@@ -176,3 +176,18 @@ def test_dreambench_concept_config_resolves_to_photos(tmp_path):
     assert concept.holder == "sks dog" and concept.live
     prompts = eval_prompts(cfg, concept)
     assert len(prompts) == 25 and "a [V*] wearing a santa hat" in prompts
+
+
+@pytest.mark.slow
+def test_world_concept_runs_through_train(tmp_path):
+    """A miniature-world concept: photos rendered from its config, world prompt pool and eval set."""
+    from dbdpo.multistep import run
+
+    metrics = run(compose(["concept=world/zigzag_star", "steps=1", "logger=none"], tmp_path))
+    photos = sorted((tmp_path / "concept_photos").glob("photo_*.png"))
+    assert 4 <= len(photos) <= 6
+    assert metrics["concept"] == "zigzag_star" and set(metrics["stages"]) == {"personalize", "step_1"}
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "step_1" / "prompts.jsonl").read_text().splitlines()]
+    from dbdpo.world.prompts import world_pool
+
+    assert set(prompts) <= {p.prompt for p in world_pool(8, 0)}
