@@ -200,14 +200,13 @@ class T2IModule(L.LightningModule):
 
 def train_vae(steps: int, batch_size: int, lr: float, kl_weight: float, seed: int, size: int, ckpt_dir: Path,
               progress: bool = True, every: int = 250, **trainer_kw: Any):
-    from .data import RenderedBatches
+    from .data import RenderedBatches, WorldData
 
     vae = build_world_vae(seed, size)
     module = VAEModule(vae, lr=lr, kl_weight=kl_weight, steps=steps, seed=seed)
-    data = RenderedBatches(batch_size, seed=seed + 100, split="pretrain", size=size, with_captions=False)
-    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    data = WorldData(batch_size, seed=seed + 100, split="pretrain", size=size, steps=steps, with_captions=False)
     trainer = _trainer(Path(ckpt_dir), steps, every, progress, **trainer_kw)
-    trainer.fit(module, loader, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
     vae = module.vae.cpu().eval()
     probe = RenderedBatches(256, seed=seed + 999, split="pretrain", size=size, with_captions=False, steps=4)
     vae.register_to_config(scaling_factor=latent_scale(vae, probe))
@@ -219,17 +218,16 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
               attention: tuple[bool, ...] = (False, True, True), text_width: int = 64, text_layers: int = 2,
               layers_per_block: int = 1, progress: bool = True,
               every: int = 250, **trainer_kw: Any):
-    from .data import RenderedBatches
+    from .data import WorldData
 
     text_encoder = build_world_text_encoder(seed, text_width, text_layers)
     unet = build_world_unet(seed, size, tuple(channels), tuple(bool(a) for a in attention),
                             cross_attention_dim=text_width, layers_per_block=layers_per_block)
     module = T2IModule(vae, text_encoder, unet, lr=lr, steps=steps, cfg_dropout=cfg_dropout,
                        ema_decay=ema_decay, seed=seed)
-    data = RenderedBatches(batch_size, seed=seed + 200, split="pretrain", size=size)
-    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    data = WorldData(batch_size, seed=seed + 200, split="pretrain", size=size, steps=steps, with_captions=True)
     trainer = _trainer(Path(ckpt_dir), steps, every, progress, **trainer_kw)
-    trainer.fit(module, loader, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
     module.ema_weights()
     return assemble_pipeline(vae, module.text_encoder.cpu().eval(), module.unet.cpu().eval())
 
