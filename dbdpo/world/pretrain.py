@@ -150,14 +150,16 @@ def pretrain(cfg: DictConfig) -> dict:
         else:
             vae = timed("vae", lambda: train_vae(steps=v.steps, batch_size=v.batch_size, lr=v.lr,
                                                  kl_weight=v.kl_weight, seed=cfg.seed, size=cfg.size,
-                                                 ckpt_dir=work / "vae", progress=progress, **trainer_kw))
+                                                 ckpt_dir=work / "vae", progress=progress,
+                                                 every=int(cfg.checkpoint_every), **trainer_kw))
             vae.save_pretrained(str(vae_dir), safe_serialization=True)
         if "t2i" in stages:
             pipe = timed("t2i", lambda: train_t2i(
                 vae, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, size=cfg.size,
                 ckpt_dir=work / "t2i", cfg_dropout=t.cfg_dropout, ema_decay=t.ema_decay,
                 channels=tuple(t.channels), attention=tuple(t.attention), text_width=t.text_width,
-                text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress, **trainer_kw))
+                text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress,
+                every=int(cfg.checkpoint_every), **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
             and "t2i_oracle_accuracy" not in state["quality"]:
