@@ -63,7 +63,7 @@ def bench_dpo(batch: int, repeat: int) -> tuple[float, float]:
     lw, ll = torch.randn(batch, 4, 16, 16, generator=g), torch.randn(batch, 4, 16, 16, generator=g)
     noise = torch.randn(lw.shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
-    cond = module._embed(["a photo of sks toy"] * batch)
+    cond = module.embed(["a photo of sks toy"] * batch, module.device)
 
     def fused():
         x = torch.cat([lw, ll])

@@ -21,12 +21,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 
 
-def run_main(cfg):
+def report_errors(fn, *args, **kwargs):
+    """Call `fn`; a `DbdpoError` prints `error: <message>` and exits 2."""
     quiet_libraries()
-    from .multistep import run
-
     try:
-        return run(cfg)
+        return fn(*args, **kwargs)
     except DbdpoError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_main(cfg):
+    from .multistep import run
+
+    return report_errors(run, cfg)

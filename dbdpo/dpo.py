@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .personalize import check_finite, diffusion_target, step_generator
+from .personalize import PromptEmbeddings, check_finite, diffusion_target, step_generator
 
 
 def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -91,15 +91,7 @@ class DiffusionDPOModule(L.LightningModule):
         self.ref_unet = (ref_unet if ref_unet is not None else copy.deepcopy(self.unet)).requires_grad_(False).eval()
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
         self.noise_scheduler = backbone.noise_scheduler()
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-
-    def _embed(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in set(prompts) if p not in self._prompt_cache]
-        if missing:
-            with torch.no_grad():
-                for p, e in zip(missing, self.backbone.encode_prompts(missing)):
-                    self._prompt_cache[p] = e.cpu()
-        return torch.stack([self._prompt_cache[p] for p in prompts]).to(self.device)
+        self.embed = PromptEmbeddings(backbone)
 
     def mse_pairs(self, unet, noisy, t, cond, target) -> tuple[torch.Tensor, torch.Tensor]:
         pred = unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -116,7 +108,7 @@ class DiffusionDPOModule(L.LightningModule):
         noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
         noisy = self.noise_scheduler.add_noise(x0, noise2, t2)
         target = diffusion_target(self.noise_scheduler, x0, noise2, t2)
-        cond = self._embed(list(batch["prompt"])).to(lw.dtype)
+        cond = self.embed(list(batch["prompt"]), self.device).to(lw.dtype)
         cond = torch.cat([cond, cond])
         model_w, model_l = self.mse_pairs(self.unet, noisy, t2, cond, target)
         with torch.no_grad():

@@ -38,11 +38,26 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
                          f"({'dpo.lr' if what == 'DPO' else 'method.lr'}) or use backbone.dtype=float32.")
 
 
+class PromptEmbeddings:
+    """Frozen text-encoder outputs, computed once per distinct prompt and kept on the CPU."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, self.backbone.encode_prompts(missing)):
+                    self.cache[p] = e.cpu()
+        return torch.stack([self.cache[p] for p in prompts]).to(device)
+
+
 class DreamBoothModule(L.LightningModule):
     """Full-UNet DreamBooth fine-tune; the VAE and text encoder stay frozen."""
 
-    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0,
-                 max_grad_norm: float | None = None):
+    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
@@ -51,15 +66,7 @@ class DreamBoothModule(L.LightningModule):
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
         self.unet.requires_grad_(True)
         self.noise_scheduler = backbone.noise_scheduler()
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-
-    def _embed(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in set(prompts) if p not in self._prompt_cache]
-        if missing:
-            with torch.no_grad():
-                for p, e in zip(missing, self.backbone.encode_prompts(missing)):
-                    self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+        self.embed = PromptEmbeddings(backbone)
 
     def training_step(self, batch, batch_idx):
         g = step_generator(self.hparams.seed, self.global_step, batch_idx)
@@ -69,7 +76,7 @@ class DreamBoothModule(L.LightningModule):
         noise = torch.randn(latents.shape, generator=g).to(latents)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self._embed(list(batch["prompt"])).to(latents)
+        cond = self.embed(list(batch["prompt"]), self.device).to(latents)
         pred = self.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t).float())
         check_finite(loss, "DreamBooth", self.global_step)

@@ -160,6 +160,6 @@ def test_dreambooth_one_step_moves_unet_only(tiny_backbone, concept_dir):
     assert all(torch.equal(p, vae0[n]) for n, p in module.vae.named_parameters())
     assert all(torch.equal(p, text0[n]) for n, p in module.text_encoder.named_parameters())
     assert module.unet is backbone.unet  # the backbone generation uses is the trained one
-    assert set(module._prompt_cache) == {"a photo of sks dog"}
+    assert set(module.embed.cache) == {"a photo of sks dog"}
     loss = tr.callback_metrics["personalize/loss"].item()
     assert np.isfinite(loss) and loss > 0

@@ -21,19 +21,13 @@ def main() -> None:
 
     import hydra
 
-    from ..cli import quiet_libraries
-    from ..errors import DbdpoError
+    from ..cli import report_errors
 
     @hydra.main(version_base="1.3", config_path=str(CONF), config_name=command)
     def app(cfg):
-        quiet_libraries()
         from .pretrain import pretrain
 
-        try:
-            return pretrain(cfg)
-        except DbdpoError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        return report_errors(pretrain, cfg)
 
     app()
 
