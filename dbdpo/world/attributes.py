@@ -89,12 +89,18 @@ RESERVED_LOOKS = {
     "cross": (("yellow", "purple"), ("red", "white")),
 }
 
+JITTER = 0.025  # max |dx|, |dy| (image fractions, 0.8 px at 32): well below half the distance between positions
 MIN_CONTRAST = 80.0  # RGB distance below which an object colour is unreadable on a background / pattern
 TINT_FADE_TO = (215, 215, 215)
 TINT_FADE = 0.5
-TINT_DARK = 0.55
+TINT_DARK = 0.62  # multiplicative: dark white (155 grey) stays clearly lighter than faded black (120 grey)
 HIGHLIGHT_RGB = (255, 255, 250)
 MIN_TINT_EFFECT = 40.0
+# Styles that wash the object towards paper (renderer: img * (1 - wash) + paper * wash); used for tint separation.
+SKETCH_PAPER = (246, 241, 228)
+SKETCH_WASH = 0.5
+STYLE_WASH = {"sketch": (SKETCH_WASH, SKETCH_PAPER)}
+MIN_TINT_SEPARATION = 18.0  # RGB distance two (colour, tint) fills keep under every style (old dark white vs faded black: 15 under sketch)
 
 
 def tint_rgb(rgb, tint: str) -> np.ndarray:
@@ -125,6 +131,34 @@ LOW_CONTRAST = frozenset((c, b) for c in COLOURS for b in BACKGROUNDS
 LOW_CONTRAST_PAIRS = frozenset((a, b) for a in COLOURS for b in COLOURS
                                if _dist(COLOUR_RGB[a], COLOUR_RGB[b]) < MIN_CONTRAST)
 INVISIBLE_TINTS = frozenset((c, t) for c in COLOURS for t in TINTS if tint_effect(COLOUR_RGB[c], t) < MIN_TINT_EFFECT)
+
+
+def styled_fill(rgb, style: str) -> np.ndarray:
+    """The fill colour `rgb` as it shows under `style` (only washing styles change it)."""
+    c = np.asarray(rgb, np.float32)
+    if style in STYLE_WASH:
+        wash, paper = STYLE_WASH[style]
+        return c * (1 - wash) + np.float32(wash) * np.asarray(paper, np.float32)
+    return c
+
+
+def _confusable_tints() -> frozenset[tuple[str, str]]:
+    """Tinted (colour, tint) pairs ("faded" / "dark") whose fill renders within MIN_TINT_SEPARATION of another
+    visible (colour, tint) pair's fill under some style (e.g. a dark white next to a faded black).
+    "shiny" keeps the colour (it adds a highlight), so it is compared as the untinted colour."""
+    items = [(c, t) for c in COLOURS for t in TINTS if (c, t) not in INVISIBLE_TINTS]
+    out = set()
+    for i, a in enumerate(items):
+        for b in items[i + 1:]:
+            if a[0] == b[0] and {a[1], b[1]} <= {"none", "shiny"}:
+                continue
+            fa, fb = tint_rgb(COLOUR_RGB[a[0]], a[1]), tint_rgb(COLOUR_RGB[b[0]], b[1])
+            if min(_dist(styled_fill(fa, st), styled_fill(fb, st)) for st in STYLES) < MIN_TINT_SEPARATION:
+                out.update(x for x in (a, b) if x[1] in ("faded", "dark"))
+    return frozenset(out)
+
+
+CONFUSABLE_TINTS = _confusable_tints()  # computed once; empty with the current colours and tints
 
 
 def _hash01(key: str) -> float:
@@ -177,7 +211,7 @@ def _tables() -> dict[str, np.ndarray]:
     for a, b in LOW_CONTRAST_PAIRS:
         low_pair[idx["colour"][a], idx["colour"][b]] = True
     bad_tint = np.zeros((len(COLOURS), len(TINTS)), bool)
-    for c, t in INVISIBLE_TINTS:
+    for c, t in INVISIBLE_TINTS | CONFUSABLE_TINTS:
         bad_tint[idx["colour"][c], idx["tint"][t]] = True
     reserved_pattern = np.array([p in RESERVED_PATTERNS for p in PATTERNS])
     return {"heldout": heldout, "reserved": reserved, "low_bg": low_bg, "low_pair": low_pair,
@@ -353,8 +387,8 @@ def sample_scenes(n: int, rng: np.random.Generator | int, split: str = "pretrain
             cols["colour2"] = np.where(bad, rng.choice(choices["colour2"], size=m), cols["colour2"])
         cols["colour2"] = np.where(solid, -1, cols["colour2"])
         if jitter:
-            cols["dx"] = rng.uniform(-0.03, 0.03, m)
-            cols["dy"] = rng.uniform(-0.03, 0.03, m)
+            cols["dx"] = rng.uniform(-JITTER, JITTER, m)
+            cols["dy"] = rng.uniform(-JITTER, JITTER, m)
             cols["scale"] = rng.uniform(0.92, 1.08, m)
         else:
             cols["dx"] = cols["dy"] = np.zeros(m)

@@ -16,23 +16,30 @@ import numpy as np
 
 from dbdpo.errors import ConfigError
 
+from . import attributes as _attributes
 from .attributes import (ACCESSORIES, BACKGROUNDS, COLOUR_RGB, COLOURS, HIGHLIGHT_RGB, PATTERNS, POSITIONS,
                          SHAPES, SIZES, STYLES, TINTS, SceneBatch, tint_rgb)
 
 BASE = 32  # geometry is defined in pixels of a 32 px image
-SIZE_RADIUS = {"small": 0.2, "large": 0.32}  # object half-extent, fraction of the image
+SIZE_RADIUS = {"small": 0.25, "large": 0.35}  # object half-extent, fraction of the image
 PATTERN_PERIOD = {"stripes": 6.0, "dots": 5.0, "checks": 6.0, "zigzag": 6.0, "rings": 6.0}  # 32-px units
 DOT_RADIUS = 1.6
 ZIGZAG_AMPLITUDE, ZIGZAG_WAVELENGTH = 1.6, 6.0
 OUTLINE_HALF_WIDTH = 1.0  # px at 32
-SKETCH_PAPER = np.array([246, 241, 228], np.float32)
-SKETCH_WASH = 0.5
+SKETCH_PAPER = np.array(_attributes.SKETCH_PAPER, np.float32)  # shared with the tint-separation rule
+SKETCH_WASH = _attributes.SKETCH_WASH
 SKETCH_LINE = np.array([60, 55, 50], np.float32)
 GRAIN_TILE, GRAIN_SEED, GRAIN_AMPLITUDE = 8, 20240611, 26.0
 HAT_RGB, HAT_BAND_RGB = np.array([35, 35, 40], np.float32), np.array([240, 240, 240], np.float32)
 HALO_RGB, HALO_RADIUS = np.array([235, 50, 235], np.float32), 1.3
 SCARF_RGB = np.array([20, 215, 215], np.float32)
-HAT_DROP = 0.6
+# A hat on a top object: the object moves down by up to HAT_DROP radii, but its centre stays at least
+# HAT_MIN_SEP (image fraction, 4.5 px at 32) above the centre position's, so positions stay distinct.
+# The hat is drawn in units of min(radius, HAT_MAX_UNIT); its crown may be cropped by up to HAT_MAX_CROP of
+# those units at the top edge, and beyond that the hat sinks onto the object instead.
+HAT_DROP, HAT_MIN_SEP = 0.6, 0.14
+HAT_MAX_UNIT, HAT_MAX_CROP = 0.27, 0.2
+HAT_HEIGHT = 0.8  # crown top above the silhouette's top, hat units
 # Per shape (local units, radius 1, y down): top of the silhouette (hat), shiny highlight centre.
 SHAPE_TOP = {"circle": -0.92, "square": -0.8, "triangle": -0.98, "star": -1.05, "heart": -0.78, "cross": -0.9}
 HIGHLIGHT_AT = {"circle": (-0.35, -0.35), "square": (-0.4, -0.4), "triangle": (-0.12, 0.1),
@@ -302,10 +309,10 @@ def render(batch: SceneBatch, size: int = 32, object_spec=None) -> np.ndarray:
     r = (RADII[batch.size] * batch.scale).astype(np.float32)
     cen = CENTRES[batch.position, batch.size]
     cx = (cen[:, 0] + batch.dx).astype(np.float32)
-    cy = cen[:, 1] + batch.dy
-    # A hat at the top would leave the image: move such objects down by the hat's height.
-    cy = np.where((batch.accessory == ACCESSORIES.index("hat")) & (batch.position == POSITIONS.index("top")),
-                  cy + HAT_DROP * r, cy).astype(np.float32)
+    # A hat at the top would leave the image: move such objects down, but never near the centre position.
+    drop = np.clip(CENTRES[POSITIONS.index("center"), batch.size, 1] - HAT_MIN_SEP - cen[:, 1], 0, HAT_DROP * r)
+    hat_top = (batch.accessory == ACCESSORIES.index("hat")) & (batch.position == POSITIONS.index("top"))
+    cy = (cen[:, 1] + batch.dy + np.where(hat_top, drop, 0)).astype(np.float32)
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     xs = grid[None, None, :] - cx[:, None, None]  # (n, 1, W) image fractions
     ys = grid[None, :, None] - cy[:, None, None]  # (n, H, 1)
@@ -369,8 +376,15 @@ def render(batch: SceneBatch, size: int = 32, object_spec=None) -> np.ndarray:
     hat = batch.accessory == ACCESSORIES.index("hat")
     if hat.any():
         i = np.flatnonzero(hat)
-        top = np.array([SHAPE_TOP[SHAPES[k]] for k in shape[i]], np.float32)[:, None, None]
-        ui, vi, p = u[i], v[i] - top, px[i]
+        top = np.array([SHAPE_TOP[SHAPES[k]] for k in shape[i]], np.float32)
+        hu = np.minimum(r[i], HAT_MAX_UNIT)  # hat unit, image fractions
+        anchor = cy[i] + top * r[i]  # silhouette top, image fraction
+        anchor = anchor + np.maximum(0, -HAT_MAX_CROP * hu - (anchor - HAT_HEIGHT * hu))  # sink if cropped too much
+        hu3 = hu[:, None, None]
+        ui = xs[i] / hu3
+        vi = (grid[None, :, None] - anchor[:, None, None]) / hu3
+        ui, vi = np.broadcast_to(ui, (len(i), size, size)), np.broadcast_to(vi, (len(i), size, size))
+        p = hu3 * size
         crown = _sd_box(ui, vi + 0.42, 0.3, 0.38)
         brim = _sd_box(ui, vi + 0.02, 0.56, 0.08)
         img[i] = _mix(img[i], HAT_RGB, np.clip(0.5 - np.minimum(crown, brim) * p, 0, 1))
