@@ -57,3 +57,30 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     (out / "oracle.safetensors").write_bytes(b"x" + (out / "oracle.safetensors").read_bytes()[1:])
     assert any("oracle.safetensors" in p for p in check_manifest(out))
     assert json.loads((out / "manifest.json").read_text())["commit"]
+
+
+SHIPPED = ROOT / "dbdpo" / "assets" / "world"
+
+
+def test_shipped_world_weights_match_manifest():
+    from dbdpo.world.pretrain import check_manifest
+
+    if not (SHIPPED / "manifest.json").exists():
+        pytest.skip("no world weights shipped yet")
+    assert check_manifest(SHIPPED) == []
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert manifest["total_bytes"] <= 40 * 2**20
+    assert all(name.endswith((".safetensors", ".json", ".txt")) for name in manifest["files"])
+
+
+def test_shipped_oracle_reaches_its_recorded_accuracy():
+    from dbdpo.world.data import fixed_eval_set
+    from dbdpo.world.oracle import accuracy, load_oracle
+
+    if not (SHIPPED / "oracle.safetensors").exists():
+        pytest.skip("no oracle shipped yet")
+    recorded = json.loads((SHIPPED / "manifest.json").read_text())["quality"]["oracle_accuracy"]
+    measured = accuracy(load_oracle(SHIPPED / "oracle.safetensors"), fixed_eval_set(500, seed=4242, split="all"))
+    for attr, value in measured.items():
+        if attr in recorded and isinstance(recorded[attr], float):
+            assert value >= recorded[attr] - 0.03, (attr, value, recorded[attr])
