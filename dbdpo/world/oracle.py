@@ -235,7 +235,7 @@ def fit_resumable(module: L.LightningModule, data: L.LightningDataModule, steps:
     return trainer
 
 
-def train_oracle(steps: int = 1200, batch_size: int = 128, lr: float = 3e-3, seed: int = 0, size: int = 32,
+def train_oracle(steps: int = 3000, batch_size: int = 128, lr: float = 3e-3, seed: int = 0, size: int = 32,
                  ckpt_dir: str | os.PathLike = "logs/world_pretrain/oracle",
                  out_path: str | os.PathLike = "dbdpo/assets/world/oracle.safetensors",
                  trainer_kwargs: dict | None = None, eval_n: int = 2000, checkpoint_every: int = 200,
