@@ -84,20 +84,6 @@ def assemble_pipeline(vae, text_encoder, unet):
                                    requires_safety_checker=False)
 
 
-def _resume_path(ckpt_dir: Path) -> str | None:
-    last = ckpt_dir / "last.ckpt"
-    return str(last) if last.exists() else None
-
-
-def _trainer(ckpt_dir: Path, steps: int, every: int, progress: bool, **kw) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, every_n_train_steps=every)
-    return L.Trainer(max_steps=steps, accelerator=kw.pop("accelerator", "auto"), devices=1, logger=False,
-                     callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kw)
-
-
 # ---- VAE --------------------------------------------------------------------------------------------------
 
 class VAEModule(L.LightningModule):
@@ -201,12 +187,12 @@ class T2IModule(L.LightningModule):
 def train_vae(steps: int, batch_size: int, lr: float, kl_weight: float, seed: int, size: int, ckpt_dir: Path,
               progress: bool = True, every: int = 250, **trainer_kw: Any):
     from .data import RenderedBatches, WorldData
+    from .oracle import fit_resumable
 
     vae = build_world_vae(seed, size)
     module = VAEModule(vae, lr=lr, kl_weight=kl_weight, steps=steps, seed=seed)
     data = WorldData(batch_size, seed=seed + 100, split="pretrain", size=size, steps=steps, with_captions=False)
-    trainer = _trainer(Path(ckpt_dir), steps, every, progress, **trainer_kw)
-    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
+    fit_resumable(module, data, steps, ckpt_dir, every, {"enable_progress_bar": progress, **trainer_kw})
     vae = module.vae.cpu().eval()
     probe = RenderedBatches(256, seed=seed + 999, split="pretrain", size=size, with_captions=False, steps=4)
     vae.register_to_config(scaling_factor=latent_scale(vae, probe))
@@ -219,6 +205,7 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
               layers_per_block: int = 1, progress: bool = True,
               every: int = 250, **trainer_kw: Any):
     from .data import WorldData
+    from .oracle import fit_resumable
 
     text_encoder = build_world_text_encoder(seed, text_width, text_layers)
     unet = build_world_unet(seed, size, tuple(channels), tuple(bool(a) for a in attention),
@@ -226,8 +213,7 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
     module = T2IModule(vae, text_encoder, unet, lr=lr, steps=steps, cfg_dropout=cfg_dropout,
                        ema_decay=ema_decay, seed=seed)
     data = WorldData(batch_size, seed=seed + 200, split="pretrain", size=size, steps=steps, with_captions=True)
-    trainer = _trainer(Path(ckpt_dir), steps, every, progress, **trainer_kw)
-    trainer.fit(module, datamodule=data, ckpt_path=_resume_path(Path(ckpt_dir)), weights_only=True)
+    fit_resumable(module, data, steps, ckpt_dir, every, {"enable_progress_bar": progress, **trainer_kw})
     module.ema_weights()
     return assemble_pipeline(vae, module.text_encoder.cpu().eval(), module.unet.cpu().eval())
 
