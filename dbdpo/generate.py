@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .errors import DbdpoError
 from .io import read_json, write_json
+from .prompts.dreambench import PLACEHOLDER
 
-PLACEHOLDER = "[V*]"
 
 
 def sample_seed(prompt: str, index: int, seed: int) -> int:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ConfigError, DataError, DbdpoError
+from .prompts.dreambench import PLACEHOLDER
 
 TINY_CLIP = "dbdpo-tiny-clip"
-PLACEHOLDER = "[V*]"
 PREPROCESS_MODES = ("standard", "paper")
 TEXT_VARIANTS = ("remove", "class")
 
