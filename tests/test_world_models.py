@@ -49,6 +49,19 @@ def test_datamodule_starts_at_the_restored_step():
     assert _same(batches[0], RenderedBatches(4, seed=5).batch(3))
 
 
+def test_loader_workers_keep_the_batch_order():
+    from dbdpo.world.data import WorldData
+
+    def stream(workers):
+        dm = WorldData(4, seed=5, split="pretrain", size=32, steps=5, with_captions=True, workers=workers)
+        return list(dm.train_dataloader())
+
+    one, two = stream(0), stream(2)
+    assert len(one) == len(two) == 5
+    for a, b in zip(one, two):
+        assert torch.equal(a["pixels"], b["pixels"]) and a["captions"] == b["captions"]
+
+
 def test_halves_and_oracle_split():
     rng = np.random.default_rng(0)
     for half in (0, 1):

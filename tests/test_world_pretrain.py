@@ -23,7 +23,7 @@ def compose(overrides):
 
 TINY = ["oracle.steps=2", "oracle.batch_size=8", "scorer.steps=2", "scorer.batch_size=8", "evaluator.steps=2",
         "evaluator.batch_size=8", "vae.steps=2", "vae.batch_size=4", "t2i.steps=2", "t2i.batch_size=4",
-        "t2i.channels=[32,32]", "t2i.attention=[false,true]", "quality.n=4", "quality.num_inference_steps=2",
+        "t2i.channels=[32,32]", "t2i.attention=[false,true]", "t2i.curve_every=1", "t2i.curve_n=2", "quality.n=4", "quality.num_inference_steps=2",
         "progress=false", "checkpoint_every=1", "trainer.accelerator=cpu"]
 
 
@@ -40,7 +40,14 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.ckpt"))  # only safe formats are shipped
     assert check_manifest(out) == []
     q = manifest["quality"]
-    assert set(q) >= {"oracle_accuracy", "scorer_retrieval", "evaluator_retrieval", "t2i_oracle_accuracy"}
+    assert set(q) >= {"oracle_accuracy", "scorer_retrieval", "evaluator_retrieval", "t2i_oracle_accuracy",
+                      "vae_reconstruction_oracle"}
+    assert set(q["vae_reconstruction_oracle"]) >= {"shape", "background", "pattern"}
+    # the accuracy-vs-minutes curve: one row per step (curve_every=1), each with every prompted attribute
+    rows = [json.loads(line) for line in (work / "t2i_curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0 <= r["min"] <= r["mean"] <= 1 and r["train_minutes"] >= 0 for r in rows)
+    assert "stages" not in manifest["config"] and manifest["config"]["t2i"]["steps"] == 2
     assert manifest["total_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
 
     # the world pipeline loads through the same code path as backbone=sd2

@@ -164,7 +164,8 @@ def load_world_clip(which_or_name: str, path: str | os.PathLike, **kwargs):
 def train_clip(which: str, steps: int | None = None, batch_size: int = 128, lr: float = 2e-3,
                seed: int | None = None, ckpt_dir: str | os.PathLike | None = None,
                out_path: str | os.PathLike | None = None, trainer_kwargs: dict | None = None,
-               eval_n: int = 2000, checkpoint_every: int = 200, half: bool = True) -> dict[str, Any]:
+               eval_n: int = 2000, checkpoint_every: int = 200, half: bool = True,
+               workers: int = 0) -> dict[str, Any]:
     """Train the scorer or the evaluator contrastively on fresh renders (batch k = f(seed, k)), resuming from
     `ckpt_dir/last.ckpt`; save fp16 safetensors at `out_path` (+ a JSON note); reload them through
     `ClipScorer` and return top-1 caption retrieval among 100 on `eval_n` fresh renders of the held-out split.
@@ -180,7 +181,8 @@ def train_clip(which: str, steps: int | None = None, batch_size: int = 128, lr: 
     out_path = Path(out_path or f"dbdpo/assets/world/{which}.safetensors")
     module = ClipModule(name, steps=steps, lr=lr, seed=seed)
     d = DATA[which]
-    data = WorldData(batch_size, seed, d["split"], 32, steps, with_captions=True, half=d["half"])
+    data = WorldData(batch_size, seed, d["split"], 32, steps, with_captions=True, half=d["half"],
+                     workers=workers)
     fit_resumable(module, data, steps, ckpt_dir, checkpoint_every, trainer_kwargs)
     model = module.model.cpu().eval()
     n_params = sum(p.numel() for p in model.parameters())

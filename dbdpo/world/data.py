@@ -160,8 +160,9 @@ class WorldData(L.LightningDataModule):
     so `trainer.fit(..., ckpt_path=last.ckpt)` continues with the batches an uninterrupted run would see."""
 
     def __init__(self, batch_size: int, seed: int, split: str, size: int, steps: int, with_captions: bool,
-                 half: int | None = None):
+                 half: int | None = None, workers: int = 0):
         super().__init__()
+        self.workers = int(workers)
         self.kw = dict(batch_size=batch_size, seed=seed, split=split, size=size, with_captions=with_captions,
                        half=half)
         self.steps = steps
@@ -169,4 +170,6 @@ class WorldData(L.LightningDataModule):
     def train_dataloader(self):
         start = int(self.trainer.global_step) if self.trainer is not None else 0
         ds = RenderedBatches(**self.kw, start=start, steps=max(self.steps - start, 0))
-        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
+        # Workers render batches start+w, start+w+n, ...; the loader interleaves them back into order k.
+        extra = {"prefetch_factor": 4} if self.workers > 0 else {}
+        return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers, **extra)

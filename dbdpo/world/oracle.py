@@ -239,7 +239,7 @@ def train_oracle(steps: int = 3000, batch_size: int = 128, lr: float = 3e-3, see
                  ckpt_dir: str | os.PathLike = "logs/world_pretrain/oracle",
                  out_path: str | os.PathLike = "dbdpo/assets/world/oracle.safetensors",
                  trainer_kwargs: dict | None = None, eval_n: int = 2000, checkpoint_every: int = 200,
-                 half: bool = True) -> dict[str, float]:
+                 half: bool = True, workers: int = 0) -> dict[str, float]:
     """Train the oracle on fresh renders of the "oracle" split (batch k = f(seed, k)), resuming from
     `ckpt_dir/last.ckpt`; save fp16 safetensors + JSON config at `out_path`; return per-attribute accuracy
     of the saved weights on `eval_n` fresh renders of split "all" (plus "min" and the reserved-look split
@@ -247,7 +247,7 @@ def train_oracle(steps: int = 3000, batch_size: int = 128, lr: float = 3e-3, see
     from .data import WorldData, fixed_eval_set
 
     module = OracleModule(steps=steps, lr=lr, size=size, seed=seed)
-    data = WorldData(batch_size, seed, "oracle", size, steps, with_captions=False)
+    data = WorldData(batch_size, seed, "oracle", size, steps, with_captions=False, workers=workers)
     fit_resumable(module, data, steps, ckpt_dir, checkpoint_every, trainer_kwargs)
     net = module.net.cpu().eval()
     cfg = dict(net.config, heads={k: list(v) for k, v in HEADS.items()}, steps=steps, batch_size=batch_size,

@@ -73,53 +73,42 @@ def check_manifest(out_dir: str | Path) -> list[str]:
     return problems
 
 
-@torch.no_grad()
-def measure_quality(pipe, oracle, n: int, seed: int, size: int, steps: int, guidance: float,
-                    batch_size: int = 64) -> dict:
-    """Oracle accuracy, per prompted attribute, on samples for held-out attribute combinations."""
-    from .attributes import sample_scenes
-    from .captions import caption_with_mentions
-    from .oracle import predict
+def _merge_state(state_file: Path, mine: dict) -> dict:
+    """Read-merge-write of state.json, so that stages run by concurrent `pretrain` processes (one stage each,
+    same work_dir) keep each other's figures."""
+    disk = read_json(state_file) if state_file.exists() else {}
+    merged = {k: {**disk.get(k, {}), **mine.get(k, {})} for k in ("quality", "timings_s")}
+    write_json(state_file, merged)
+    return merged
 
-    rng = np.random.default_rng(seed)
-    scenes = sample_scenes(n, rng, split="heldout")
-    rows = [scenes[i] for i in range(n)]
-    caps = [caption_with_mentions(r, rng) for r in rows]
-    hits: dict[str, list[bool]] = {}
-    for b in range(0, n, batch_size):
-        chunk = caps[b : b + batch_size]
-        gens = [torch.Generator().manual_seed(seed * 100_003 + b + i) for i in range(len(chunk))]
-        out = pipe(prompt=[c for c, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, height=size, width=size, output_type="np")
-        images = (out.images * 255).round().astype(np.uint8)
-        pred = predict(oracle, images)
-        for i, (_, mentions) in enumerate(chunk):
-            for attr, value in mentions.items():
-                if attr in pred:
-                    hits.setdefault(attr, []).append(pred[attr][i] == value)
-    return {a: float(np.mean(v)) for a, v in sorted(hits.items())}
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pretrain(cfg: DictConfig) -> dict:
     from .clips import train_clip
     from .oracle import load_oracle, train_oracle
-    from .t2i import save_pipeline, train_t2i, train_vae
+    from .t2i import QualityCurve, measure_quality, reconstruction_accuracy, save_pipeline, train_t2i, train_vae
 
     out_dir, work = Path(cfg.out_dir), Path(cfg.work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on the GPU
     progress = bool(cfg.progress)
     state_file = work / "state.json"
-    state: dict[str, Any] = read_json(state_file) if state_file.exists() else {"quality": {}, "timings_s": {}}
+    state: dict[str, Any] = {"quality": {}, "timings_s": {}}
+    workers = int(cfg.get("loader_workers") or 0)
     trainer_kw = dict(OmegaConf.to_container(cfg.trainer, resolve=True)) if cfg.get("trainer") else {}
 
     def timed(stage: str, fn):
         t0 = time.time()
         result = fn()
         state["timings_s"][stage] = round(time.time() - t0, 1)
-        write_json(state_file, state)
+        _merge_state(state_file, state)
         return result
 
     stages = list(cfg.stages)
@@ -127,18 +116,19 @@ def pretrain(cfg: DictConfig) -> dict:
         o = cfg.oracle
         acc = timed("oracle", lambda: train_oracle(steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=cfg.seed,
                                                    size=cfg.size, ckpt_dir=work / "oracle",
-                                                   out_path=out_dir / "oracle.safetensors", trainer_kwargs=trainer_kw))
+                                                   out_path=out_dir / "oracle.safetensors", trainer_kwargs=trainer_kw,
+                                                   workers=workers))
         state["quality"]["oracle_accuracy"] = acc
-        write_json(state_file, state)
+        _merge_state(state_file, state)
     for which in ("scorer", "evaluator"):
         if which in stages and not (out_dir / f"{which}.safetensors").exists():
             c = cfg[which]
             res = timed(which, lambda: train_clip(which, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
                                                   seed=c.seed, ckpt_dir=work / which,
                                                   out_path=out_dir / f"{which}.safetensors",
-                                                  trainer_kwargs=trainer_kw))
+                                                  trainer_kwargs=trainer_kw, workers=workers))
             state["quality"][f"{which}_retrieval"] = res
-            write_json(state_file, state)
+            _merge_state(state_file, state)
     pipe_dir = out_dir / "pipeline"
     if ("vae" in stages or "t2i" in stages) and not pipe_dir.exists():
         from diffusers import AutoencoderKL
@@ -150,31 +140,47 @@ def pretrain(cfg: DictConfig) -> dict:
         else:
             vae = timed("vae", lambda: train_vae(steps=v.steps, batch_size=v.batch_size, lr=v.lr,
                                                  kl_weight=v.kl_weight, seed=cfg.seed, size=cfg.size,
-                                                 ckpt_dir=work / "vae", progress=progress,
-                                                 every=int(cfg.checkpoint_every), **trainer_kw))
+                                                 ckpt_dir=work / "vae", channels=tuple(v.channels),
+                                                 latent_channels=int(v.latent_channels), progress=progress,
+                                                 every=int(cfg.checkpoint_every), workers=workers, **trainer_kw))
             vae.save_pretrained(str(vae_dir), safe_serialization=True)
+            ref = Path(cfg.reference_oracle)
+            if ref.exists():
+                state["quality"]["vae_reconstruction_oracle"] = reconstruction_accuracy(
+                    vae.to(_device()), load_oracle(ref, _device()), size=cfg.size)
+                vae.cpu()
+                _merge_state(state_file, state)
         if "t2i" in stages:
+            q = cfg.quality
+            curve = None
+            if int(t.get("curve_every") or 0) > 0:
+                curve = QualityCurve(int(t.curve_every), cfg.reference_oracle, work / "t2i_curve.jsonl",
+                                     n=int(t.curve_n), size=cfg.size, num_inference_steps=q.num_inference_steps,
+                                     guidance_scale=q.guidance_scale, seed=q.seed)
             pipe = timed("t2i", lambda: train_t2i(
                 vae, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, size=cfg.size,
                 ckpt_dir=work / "t2i", cfg_dropout=t.cfg_dropout, ema_decay=t.ema_decay,
                 channels=tuple(t.channels), attention=tuple(t.attention), text_width=t.text_width,
                 text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress,
-                every=int(cfg.checkpoint_every), **trainer_kw))
+                every=int(cfg.checkpoint_every), workers=workers, curve=curve, **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
-            and "t2i_oracle_accuracy" not in state["quality"]:
+            and "t2i_oracle_accuracy" not in _merge_state(state_file, state)["quality"]:
         from ..backbones import load_pipeline
 
         q = cfg.quality
-        pipe = load_pipeline("sd", str(pipe_dir))
+        pipe = load_pipeline("sd", str(pipe_dir)).to(_device())
         pipe.set_progress_bar_config(disable=True)
-        oracle = load_oracle(out_dir / "oracle.safetensors")
+        oracle = load_oracle(out_dir / "oracle.safetensors", _device())
         state["quality"]["t2i_oracle_accuracy"] = timed("quality", lambda: measure_quality(
             pipe, oracle, n=q.n, seed=q.seed, size=cfg.size, steps=q.num_inference_steps, guidance=q.guidance_scale))
-        write_json(state_file, state)
+        _merge_state(state_file, state)
+    state = _merge_state(state_file, state)
     manifest = None
     if "manifest" in stages:
-        manifest = write_manifest(out_dir, OmegaConf.to_container(cfg, resolve=True), state["quality"],
-                                  state["timings_s"], Path(cfg.root_dir))
+        recorded = OmegaConf.to_container(cfg, resolve=True)
+        for key in ("stages", "root_dir", "out_dir", "work_dir", "progress", "loader_workers", "threads"):
+            recorded.pop(key, None)  # how and where it ran, not what was trained
+        manifest = write_manifest(out_dir, recorded, state["quality"], state["timings_s"], Path(cfg.root_dir))
     print(json.dumps({"quality": state["quality"], "timings_s": state["timings_s"]}, indent=2))
     return manifest or state
