@@ -22,7 +22,7 @@ def compose(overrides):
 
 
 TINY = ["oracle.steps=2", "oracle.batch_size=8", "scorer.steps=2", "scorer.batch_size=8", "evaluator.steps=2",
-        "evaluator.batch_size=8", "vae.steps=2", "vae.batch_size=4", "t2i.steps=2", "t2i.batch_size=4",
+        "evaluator.batch_size=8", "text.steps=2", "text.batch_size=8", "vae.steps=2", "vae.batch_size=4", "t2i.steps=2", "t2i.batch_size=4",
         "t2i.channels=[32,32]", "t2i.attention=[false,true]", "t2i.curve_every=1", "t2i.curve_n=2", "quality.n=4", "quality.num_inference_steps=2",
         "progress=false", "checkpoint_every=1", "trainer.accelerator=cpu"]
 
@@ -41,7 +41,7 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     assert check_manifest(out) == []
     q = manifest["quality"]
     assert set(q) >= {"oracle_accuracy", "scorer_retrieval", "evaluator_retrieval", "t2i_oracle_accuracy",
-                      "vae_reconstruction_oracle"}
+                      "vae_reconstruction_oracle", "text_encoder_retrieval"}
     assert set(q["vae_reconstruction_oracle"]) >= {"shape", "background", "pattern"}
     # the accuracy-vs-minutes curve: one row per step (curve_every=1), each with every prompted attribute
     rows = [json.loads(line) for line in (work / "t2i_curve.jsonl").read_text().splitlines()]
@@ -54,6 +54,15 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     bb = build_backbone({"name": "world", "kind": "sd", "pretrained": str(out / "pipeline"), "resolution": 32,
                          "num_inference_steps": 2, "guidance_scale": 3.0})
     assert bb.noise_scheduler().config.prediction_type == "v_prediction"
+
+    # the text encoder is the frozen text tower of the `text` stage's CLIP: the T2I stage did not change it
+    import torch
+    from transformers import CLIPTextModel
+
+    shipped = CLIPTextModel.from_pretrained(str(out / "pipeline" / "text_encoder"))
+    pretrained = CLIPTextModel.from_pretrained(str(work / "text_final"))
+    for (name, a), b in zip(shipped.state_dict().items(), pretrained.state_dict().values()):
+        assert torch.equal(a.half(), b.half()), name
 
     # a rerun skips every finished stage (the shipped files are not rewritten)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}

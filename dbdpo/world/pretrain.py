@@ -1,7 +1,7 @@
 """`python -m dbdpo.world pretrain`: train the miniature world's models and write the shipped weights.
 
 Stages (each skipped when its output exists; each resumes from its Lightning `last.ckpt`):
-oracle → scorer → evaluator → vae → t2i → quality → manifest. The manifest records the sha256 of every
+oracle → scorer → evaluator → text (the T2I's frozen CLIP text encoder) → vae → t2i → quality → manifest. The manifest records the sha256 of every
 shipped file, the resolved config, the commit and the measured quality figures.
 """
 
@@ -24,7 +24,7 @@ from ..io import read_json, write_json
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-STAGES = ("oracle", "scorer", "evaluator", "vae", "t2i", "quality", "manifest")
+STAGES = ("oracle", "scorer", "evaluator", "text", "vae", "t2i", "quality", "manifest")
 
 
 def sha256(path: Path) -> str:
@@ -89,7 +89,8 @@ def _device() -> str:
 def pretrain(cfg: DictConfig) -> dict:
     from .clips import train_clip
     from .oracle import load_oracle, train_oracle
-    from .t2i import QualityCurve, measure_quality, reconstruction_accuracy, save_pipeline, train_t2i, train_vae
+    from .t2i import (QualityCurve, measure_quality, reconstruction_accuracy, save_pipeline, train_t2i,
+                      train_text_clip, train_vae)
 
     out_dir, work = Path(cfg.out_dir), Path(cfg.work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,17 @@ def pretrain(cfg: DictConfig) -> dict:
             state["quality"][f"{which}_retrieval"] = res
             _merge_state(state_file, state)
     pipe_dir = out_dir / "pipeline"
+    text_dir = work / "text_final"
+    pretrained_text = cfg.t2i.get("text_encoder", "joint") == "pretrained"
+    if pretrained_text and ("text" in stages or "t2i" in stages) and not pipe_dir.exists() and not text_dir.exists():
+        c = cfg.text
+        te, retrieval = timed("text", lambda: train_text_clip(
+            steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=cfg.seed, size=cfg.size, ckpt_dir=work / "text",
+            width=cfg.t2i.text_width, layers=cfg.t2i.text_layers, progress=progress,
+            every=int(cfg.checkpoint_every), workers=workers, **trainer_kw))
+        te.save_pretrained(str(text_dir), safe_serialization=True)
+        state["quality"]["text_encoder_retrieval"] = retrieval
+        _merge_state(state_file, state)
     if ("vae" in stages or "t2i" in stages) and not pipe_dir.exists():
         from diffusers import AutoencoderKL
 
@@ -151,6 +163,11 @@ def pretrain(cfg: DictConfig) -> dict:
                 vae.cpu()
                 _merge_state(state_file, state)
         if "t2i" in stages:
+            text_encoder = None
+            if pretrained_text:
+                from transformers import CLIPTextModel
+
+                text_encoder = CLIPTextModel.from_pretrained(str(text_dir))
             q = cfg.quality
             curve = None
             if int(t.get("curve_every") or 0) > 0:
@@ -162,7 +179,8 @@ def pretrain(cfg: DictConfig) -> dict:
                 ckpt_dir=work / "t2i", cfg_dropout=t.cfg_dropout, ema_decay=t.ema_decay,
                 channels=tuple(t.channels), attention=tuple(t.attention), text_width=t.text_width,
                 text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress,
-                every=int(cfg.checkpoint_every), workers=workers, curve=curve, **trainer_kw))
+                every=int(cfg.checkpoint_every), workers=workers, curve=curve, text_encoder=text_encoder,
+                **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
             and "t2i_oracle_accuracy" not in _merge_state(state_file, state)["quality"]:

@@ -55,6 +55,62 @@ def build_world_text_encoder(seed: int = 0, width: int = 64, layers: int = 2):
         ))
 
 
+def build_world_text_clip(seed: int = 0, width: int = 64, layers: int = 2, size: int = 32):
+    """A tiny transformers `CLIPModel` (ViT 4×4 patches) whose text tower becomes the world pipeline's frozen
+    text encoder, as Stable Diffusion conditions on a frozen, contrastively trained CLIP text encoder."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=width,
+                intermediate_size=width * 2, num_attention_heads=4, num_hidden_layers=layers,
+                max_position_embeddings=77)
+    vision = dict(image_size=size, patch_size=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_hidden_layers=2, num_channels=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
+
+
+class TextCLIPModule(L.LightningModule):
+    """Symmetric InfoNCE over a batch of (render, caption) pairs (`CLIPModel(..., return_loss=True)`)."""
+
+    def __init__(self, clip, lr: float = 2e-3, steps: int = 1000):
+        super().__init__()
+        self.save_hyperparameters(ignore=["clip"])
+        self.clip = clip
+        self.tokenizer = clip_tokenizer()
+
+    def ids(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def training_step(self, batch, batch_idx):
+        out = self.clip(input_ids=self.ids(list(batch["captions"])), pixel_values=batch["pixels"], return_loss=True)
+        self.log("world/text/loss", out.loss, prog_bar=True, batch_size=len(batch["pixels"]))
+        return out.loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.clip.parameters(), lr=self.hparams.lr, weight_decay=0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine(opt, self.hparams.steps), "interval": "step"}}
+
+
+@torch.no_grad()
+def text_clip_retrieval(module: TextCLIPModule, n: int = 1000, seed: int = 13, size: int = 32) -> float:
+    """Top-1 caption retrieval among 100 on fresh held-out renders (how well the text tower separates scenes)."""
+    from .clips import retrieval_top1
+    from .data import fixed_eval_set
+
+    def features(out) -> torch.Tensor:  # transformers 5 returns the projected features as `pooler_output`
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    data = fixed_eval_set(n, seed, "heldout", size)
+    module.eval()
+    img = torch.cat([features(module.clip.get_image_features(pixel_values=x.to(module.device)))
+                     for x in data["pixels"].split(256)])
+    txt = torch.cat([features(module.clip.get_text_features(input_ids=module.ids(data["captions"][i:i + 256])))
+                     for i in range(0, n, 256)])
+    return float(retrieval_top1(F.normalize(img, dim=-1).cpu(), F.normalize(txt, dim=-1).cpu()))
+
+
 def build_world_unet(seed: int = 0, sample_size: int = 8, channels: tuple[int, ...] = (64, 128),
                      attention: tuple[bool, ...] = (False, True), cross_attention_dim: int = 64,
                      layers_per_block: int = 1, latent_channels: int = 8):
@@ -140,18 +196,18 @@ class T2IModule(L.LightningModule):
     """Latent v-prediction diffusion with a jointly trained text encoder, CFG caption dropout and EMA."""
 
     def __init__(self, vae, text_encoder, unet, lr: float = 5e-4, steps: int = 1000, cfg_dropout: float = 0.1,
-                 ema_decay: float = 0.999, seed: int = 0):
+                 ema_decay: float = 0.999, seed: int = 0, train_text_encoder: bool = True):
         super().__init__()
         from diffusers.training_utils import EMAModel
 
         self.save_hyperparameters(ignore=["vae", "text_encoder", "unet"])
         self.vae = vae.requires_grad_(False).eval()
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder if train_text_encoder else text_encoder.requires_grad_(False).eval()
         self.unet = unet
         self.tokenizer = clip_tokenizer()
         self.noise_scheduler = world_noise_scheduler()
         self.scale = float(vae.config.scaling_factor)
-        self.trainable = torch.nn.ModuleList([self.unet, self.text_encoder])
+        self.trainable = torch.nn.ModuleList([self.unet, self.text_encoder] if train_text_encoder else [self.unet])
         self.ema = EMAModel(list(self.trainable.parameters()), decay=ema_decay)
 
     def training_step(self, batch, batch_idx):
@@ -163,7 +219,8 @@ class T2IModule(L.LightningModule):
         captions = list(batch["captions"])
         drop = torch.rand(len(captions), generator=g) < self.hparams.cfg_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        cond = encode_text(self.tokenizer, self.text_encoder, captions)
+        with torch.set_grad_enabled(self.hparams.train_text_encoder):
+            cond = encode_text(self.tokenizer, self.text_encoder, captions)
         noise = torch.randn(z.shape, generator=g).to(z)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (z.shape[0],), generator=g).to(z.device)
         noisy = self.noise_scheduler.add_noise(z, noise, t)
@@ -238,6 +295,8 @@ class QualityCurve(L.Callback):
         finally:
             pl_module.train()
             pl_module.vae.eval()
+            if not pl_module.hparams.train_text_encoder:
+                pl_module.text_encoder.eval()
             pl_module.ema.restore(params)
         minutes = (t - self._t0 - self._eval_s) / 60
         self._eval_s += time.time() - t
@@ -307,20 +366,42 @@ def train_vae(steps: int, batch_size: int, lr: float, kl_weight: float, seed: in
     return vae
 
 
+def train_text_clip(steps: int, batch_size: int, lr: float, seed: int, size: int, ckpt_dir: Path,
+                    width: int = 64, layers: int = 2, progress: bool = True, every: int = 250, workers: int = 0,
+                    **trainer_kw: Any):
+    """Contrastive pretraining of the text encoder; returns (its `CLIPTextModel`, retrieval top-1 among 100)."""
+    from transformers import CLIPTextModel
+
+    from .data import WorldData
+    from .oracle import fit_resumable
+
+    module = TextCLIPModule(build_world_text_clip(seed, width, layers, size), lr=lr, steps=steps)
+    data = WorldData(batch_size, seed=seed + 300, split="pretrain", size=size, steps=steps, with_captions=True,
+                     workers=workers)
+    fit_resumable(module, data, steps, ckpt_dir, every, {"enable_progress_bar": progress, **trainer_kw})
+    retrieval = text_clip_retrieval(module, size=size)
+    text_encoder = CLIPTextModel(module.clip.config.text_config)
+    text_encoder.load_state_dict(module.clip.text_model.state_dict())  # same keys as CLIPModel.text_model
+    return text_encoder.cpu().eval(), retrieval
+
+
 def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int, ckpt_dir: Path,
               cfg_dropout: float = 0.1, ema_decay: float = 0.999, channels: tuple[int, ...] = (64, 128),
               attention: tuple[bool, ...] = (False, True), text_width: int = 64, text_layers: int = 2,
               layers_per_block: int = 1, progress: bool = True, every: int = 250, workers: int = 0,
-              curve: QualityCurve | None = None, **trainer_kw: Any):
+              curve: QualityCurve | None = None, text_encoder=None, **trainer_kw: Any):
+    """UNet (and, without a pretrained `text_encoder`, a text encoder from scratch trained jointly with it)."""
     from .data import WorldData
     from .oracle import fit_resumable
 
-    text_encoder = build_world_text_encoder(seed, text_width, text_layers)
+    joint = text_encoder is None
+    if joint:
+        text_encoder = build_world_text_encoder(seed, text_width, text_layers)
     unet = build_world_unet(seed, latent_size(vae, size), tuple(channels), tuple(bool(a) for a in attention),
                             cross_attention_dim=text_width, layers_per_block=layers_per_block,
                             latent_channels=int(vae.config.latent_channels))
     module = T2IModule(vae, text_encoder, unet, lr=lr, steps=steps, cfg_dropout=cfg_dropout,
-                       ema_decay=ema_decay, seed=seed)
+                       ema_decay=ema_decay, seed=seed, train_text_encoder=joint)
     data = WorldData(batch_size, seed=seed + 200, split="pretrain", size=size, steps=steps, with_captions=True,
                      workers=workers)
     kw = {"enable_progress_bar": progress, **trainer_kw}
