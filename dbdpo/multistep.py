@@ -182,11 +182,36 @@ def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
     return prompts[: int(n)] if n else prompts
 
 
-def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path, stage: str) -> dict:
-    return evaluate(backbone, scorer, concept, concept_emb, prompts, out_dir,
-                    images_per_prompt=int(cfg.eval.images_per_prompt), seed=int(cfg.eval.seed),
-                    batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
-                    progress=bool(cfg.progress), desc=f"eval {stage}")
+def make_judge(cfg: DictConfig, device: torch.device):
+    """The evaluator CLIP + oracle for a world concept when `eval.judge` names them (else None)."""
+    j = cfg.eval.get("judge")
+    if not j or not is_world_concept(cfg):
+        return None
+    from .world.judge import WorldJudge
+
+    for key in ("evaluator", "oracle"):
+        if not Path(j[key]).exists():
+            raise ConfigError(f"eval.judge.{key}: {j[key]} not found; train the world with "
+                              "`python -m dbdpo.world pretrain` or set eval.judge=null.")
+    return WorldJudge(j.evaluator, j.oracle, device=str(device))
+
+
+def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path, stage: str,
+             judge=None, concept_images=None) -> dict:
+    """CLIP-I / CLIP-T with the scorer; for a world concept with a judge, also the evaluator's IS / TS and the
+    oracle's prompt-following and identity on the same samples."""
+    result = evaluate(backbone, scorer, concept, concept_emb, prompts, out_dir,
+                      images_per_prompt=int(cfg.eval.images_per_prompt), seed=int(cfg.eval.seed),
+                      batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
+                      progress=bool(cfg.progress), desc=f"eval {stage}")
+    if judge is not None:
+        from .generate import load_samples
+        from .world.concepts import parse_world_concept
+
+        look = parse_world_concept(cfg.concept).look
+        result = {**result, **judge(load_samples(out_dir / "samples"), concept_images, concept.holder, look,
+                                    out_dir=out_dir)}
+    return result
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
@@ -215,6 +240,7 @@ def run(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg.backbone).to(device)
     scorer = build_scorer(cfg.scorer, device=str(device))
     concept_emb = scorer.embed_images(concept_images, reference=True)
+    judge = make_judge(cfg, device)
     loggers = instantiate_loggers(cfg)
 
     # The prompt pool, split into S disjoint parts (written once, reread on resume).
@@ -252,7 +278,7 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize", device)
     ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, run_dir / "personalize" / "eval",
-                  "personalize")
+                  "personalize", judge, concept_images)
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
     initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.dpo.reference == "initial" else None
@@ -281,7 +307,8 @@ def run(cfg: DictConfig) -> dict:
         ref = initial if initial is not None else copy.deepcopy(backbone.unet).requires_grad_(False)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
-        ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}")
+        ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}",
+                      judge, concept_images)
         ev.update({"pairs/candidates": stats["candidates"], "pairs/kept": stats["kept"],
                    "score/is": mean_std(scores["is"]), "score/ts": mean_std(scores["ts"])})
         record(f"step_{s}", ev, s)
@@ -293,17 +320,24 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
+JUDGE_COLUMNS = (("eval/evaluator_is", "IS (evaluator)"), ("eval/evaluator_ts", "TS (evaluator)"),
+                 ("eval/oracle_prompt", "oracle prompt-following"), ("eval/oracle_identity", "oracle identity"))
+
+
 def summary_table(metrics: dict) -> str:
-    rows = ["| stage | pairs kept / candidates | IS (train samples) | TS (train samples) | eval/clip_i | eval/clip_t |",
-            "|---|---|---|---|---|---|"]
+    judged = any("eval/oracle_prompt" in v for v in metrics["stages"].values())
+    head = ["stage", "pairs kept / candidates", "IS (train samples)", "TS (train samples)", "eval/clip_i",
+            "eval/clip_t"] + ([name for _, name in JUDGE_COLUMNS] if judged else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(v):
         return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else "–"
 
     for stage, v in metrics["stages"].items():
         kept = f"{v['pairs/kept']} / {v['pairs/candidates']}" if "pairs/kept" in v else "–"
-        rows.append(f"| {stage} | {kept} | {ms(v.get('score/is'))} | {ms(v.get('score/ts'))} | "
-                    f"{ms(v.get('eval/clip_i'))} | {ms(v.get('eval/clip_t'))} |")
+        cells = [stage, kept, ms(v.get("score/is")), ms(v.get("score/ts")), ms(v.get("eval/clip_i")),
+                 ms(v.get("eval/clip_t"))] + ([ms(v.get(k)) for k, _ in JUDGE_COLUMNS] if judged else [])
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

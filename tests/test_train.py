@@ -187,6 +187,13 @@ def test_world_concept_runs_through_train(tmp_path):
     photos = sorted((tmp_path / "concept_photos").glob("photo_*.png"))
     assert 4 <= len(photos) <= 6
     assert metrics["concept"] == "zigzag_star" and set(metrics["stages"]) == {"personalize", "step_1"}
+    # judged by the evaluator CLIP and the oracle as well as the scorer
+    for stage in metrics["stages"].values():
+        for key in ("eval/oracle_prompt", "eval/oracle_identity"):
+            assert 0.0 <= stage[key]["mean"] <= 1.0, key
+        for key in ("eval/clip_i", "eval/evaluator_is", "eval/evaluator_ts"):
+            assert -1.0 <= stage[key]["mean"] <= 1.0, key
+    assert (tmp_path / "step_1" / "eval" / "judge.json").exists()
     prompts = [json.loads(line)["prompt"] for line in (tmp_path / "step_1" / "prompts.jsonl").read_text().splitlines()]
     from dbdpo.world.prompts import world_pool
 
