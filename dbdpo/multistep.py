@@ -120,7 +120,7 @@ def validate(cfg: DictConfig) -> None:
 # ---- stages -----------------------------------------------------------------------------------------------
 
 def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path,
-                device: torch.device) -> None:
+                device: torch.device, callbacks: list | None = None) -> None:
     if _unet_done(ckpt):
         log.info("personalize: found %s, skipping training", ckpt)
         load_unet_into(backbone.unet, ckpt)
@@ -130,7 +130,7 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
                            repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed))
     module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1)
+    trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
     trainer.fit(module, datamodule=dm)
     save_unet(backbone.unet, ckpt)
     backbone.to(device)
@@ -205,6 +205,8 @@ def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path
                       batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
                       progress=bool(cfg.progress), desc=f"eval {stage}")
     if judge is not None:
+        if (out_dir / "judge.json").exists():
+            return {**result, **read_json(out_dir / "judge.json")}
         from .generate import load_samples
         from .world.concepts import parse_world_concept
 

@@ -1,0 +1,165 @@
+"""The paper's claims as computations on verify's numbers (pure functions: tested on hand-made values).
+
+A *unit* is one concept × seed: the DreamBooth curve `db` = [(step, metrics)], and `variants` =
+{"ts_s2": {"start": metrics, "final": metrics}, "ts_s1": ..., ...}, where metrics holds the judges'
+{"eval/evaluator_is": {"mean", "std"}, ...}. A judge maps IS / TS to metric names: the evaluator CLIP
+(IS, TS) or the oracle (identity, prompt-following).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+JUDGES = {
+    "evaluator": {"is": "eval/evaluator_is", "ts": "eval/evaluator_ts"},
+    "oracle": {"is": "eval/oracle_identity", "ts": "eval/oracle_prompt"},
+}
+VARIANTS = ("ts", "is", "mix")
+CLAIMS = {
+    "1_dreambooth_trades_ts_for_is": "DreamBooth trades TS for IS along training: rank correlation with steps "
+                                     "ρ(IS) > 0 and ρ(TS) < 0 (figure: ρ(IS) − ρ(TS))",
+    "2_dpo_ts_raises_ts": "DPO-TS raises TS over its start checkpoint (figure: ΔTS), IS not lower by more than "
+                          "1σ of the checkpoint's spread over prompts",
+    "3_dpo_is_raises_is": "DPO-IS raises IS (figure: ΔIS)",
+    "4_orderings": "ΔTS: TS > MIX > IS and ΔIS: IS > MIX > TS (figure: fraction of units with both orderings)",
+    "5_beyond_frontier": "a DPO variant lies above the DreamBooth Pareto frontier for most concepts "
+                         "(figure: best margin above the frontier's TS)",
+    "6_s2_beats_s1": "S=2 beats S=1 at equal DPO compute on the variant's own objective "
+                     "(TS, IS, TS+IS; figure: objective(S=2) − objective(S=1))",
+    "7_oracle_agrees": "the oracle agrees in direction with the evaluator on claims 1–6 (figure: fraction agreeing)",
+}
+
+
+def value(metrics: dict, key: str) -> float:
+    v = metrics[key]
+    return float(v["mean"] if isinstance(v, dict) else v)
+
+
+def spread(metrics: dict, key: str) -> float:
+    v = metrics[key]
+    return float(v.get("std", 0.0)) if isinstance(v, dict) else 0.0
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
+    def ranks(a):
+        a = np.asarray(a, dtype=np.float64)
+        order = np.argsort(a, kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=np.float64)
+        for v in np.unique(a):  # ties share their mean rank
+            r[a == v] = r[a == v].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The non-dominated (IS, TS) points (maximising both), sorted by IS: TS falls along it."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    keep = [i for i, (a, b) in enumerate(pts)
+            if not np.any((pts[:, 0] >= a) & (pts[:, 1] >= b) & ((pts[:, 0] > a) | (pts[:, 1] > b)))]
+    front = np.unique(pts[keep], axis=0)
+    return front[np.argsort(front[:, 0], kind="stable")]
+
+
+def margin_above_frontier(front: np.ndarray, point: tuple[float, float]) -> float:
+    """TS of `point` minus the frontier's piecewise-linear TS at the point's IS (> 0: beyond the frontier).
+
+    Left of the frontier the bound is its highest TS (flat); right of it, the TS of its highest-IS point (a point
+    with more IS than any checkpoint is beyond only if its TS is at least that point's).
+    """
+    x, y = float(point[0]), float(point[1])
+    if x <= front[0, 0]:
+        return y - front[0, 1]
+    if x >= front[-1, 0]:
+        return y - front[-1, 1]
+    return y - float(np.interp(x, front[:, 0], front[:, 1]))
+
+
+def _ms(xs) -> dict[str, float]:
+    a = np.asarray(list(xs), dtype=np.float64)
+    return {"mean": float(a.mean()) if len(a) else float("nan"),
+            "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
+
+
+def _delta(unit: dict, variant: str, key: str) -> float:
+    v = unit["variants"][variant]
+    return value(v["final"], key) - value(v["start"], key)
+
+
+def claims_for(units: list[dict], judge: str = "evaluator") -> dict[str, dict[str, Any]]:
+    """Claims 1–6 judged by `judge` ("evaluator" or "oracle")."""
+    k = JUDGES[judge]
+    out: dict[str, dict[str, Any]] = {}
+
+    rho_is = [spearman([s for s, _ in u["db"]], [value(m, k["is"]) for _, m in u["db"]]) for u in units]
+    rho_ts = [spearman([s for s, _ in u["db"]], [value(m, k["ts"]) for _, m in u["db"]]) for u in units]
+    f = _ms(np.subtract(rho_is, rho_ts))
+    out["1_dreambooth_trades_ts_for_is"] = {
+        **f, "holds": bool(np.mean(rho_is) > 0 and np.mean(rho_ts) < 0), "rho_is": _ms(rho_is),
+        "rho_ts": _ms(rho_ts)}
+
+    d = {(v, m): [_delta(u, f"{v}_s2", k[m]) for u in units] for v in VARIANTS for m in ("is", "ts")}
+    sigma = [spread(u["variants"]["ts_s2"]["start"], k["is"]) for u in units]
+    f = _ms(d["ts", "ts"])
+    out["2_dpo_ts_raises_ts"] = {**f, "holds": bool(f["mean"] > 0 and np.mean(d["ts", "is"]) >= -np.mean(sigma)),
+                                 "delta_is": _ms(d["ts", "is"]), "start_is_sigma": _ms(sigma)}
+    f = _ms(d["is", "is"])
+    out["3_dpo_is_raises_is"] = {**f, "holds": bool(f["mean"] > 0), "delta_ts": _ms(d["is", "ts"])}
+
+    mean = {key: float(np.mean(v)) for key, v in d.items()}
+    per_unit = [float(d["ts", "ts"][i] > d["mix", "ts"][i] > d["is", "ts"][i]
+                      and d["is", "is"][i] > d["mix", "is"][i] > d["ts", "is"][i]) for i in range(len(units))]
+    out["4_orderings"] = {
+        **_ms(per_unit),
+        "holds": bool(mean["ts", "ts"] > mean["mix", "ts"] > mean["is", "ts"]
+                      and mean["is", "is"] > mean["mix", "is"] > mean["ts", "is"]),
+        "delta_ts": {v: mean[v, "ts"] for v in VARIANTS}, "delta_is": {v: mean[v, "is"] for v in VARIANTS}}
+
+    margins, beyond_by_concept = [], {}
+    for u in units:
+        front = pareto_frontier([(value(m, k["is"]), value(m, k["ts"])) for _, m in u["db"]])
+        best = max(margin_above_frontier(front, (value(u["variants"][f"{v}_s2"]["final"], k["is"]),
+                                                 value(u["variants"][f"{v}_s2"]["final"], k["ts"])))
+                   for v in VARIANTS)
+        margins.append(best)
+        beyond_by_concept.setdefault(u["concept"], []).append(best > 0)
+    concept_beyond = {c: float(np.mean(b)) >= 0.5 for c, b in beyond_by_concept.items()}
+    out["5_beyond_frontier"] = {**_ms(margins), "holds": bool(np.mean(list(concept_beyond.values())) > 0.5),
+                                "concepts_beyond": concept_beyond}
+
+    if all(f"{v}_s1" in u["variants"] for u in units for v in VARIANTS):
+        def objective(metrics, v):
+            return (value(metrics, k["ts"]) if v == "ts" else value(metrics, k["is"]) if v == "is"
+                    else value(metrics, k["ts"]) + value(metrics, k["is"]))
+
+        diffs = {v: [objective(u["variants"][f"{v}_s2"]["final"], v) - objective(u["variants"][f"{v}_s1"]["final"], v)
+                     for u in units] for v in VARIANTS}
+        out["6_s2_beats_s1"] = {**_ms([x for v in VARIANTS for x in diffs[v]]),
+                                "holds": bool(all(np.mean(diffs[v]) > 0 for v in VARIANTS)),
+                                "per_variant": {v: _ms(diffs[v]) for v in VARIANTS}}
+    return out
+
+
+def all_claims(units: list[dict]) -> dict[str, dict[str, Any]]:
+    """Claims 1–6 by the evaluator, each with the oracle's verdict beside it, and claim 7."""
+    ev, orc = claims_for(units, "evaluator"), claims_for(units, "oracle")
+    out = {}
+    agree = []
+    for name, c in ev.items():
+        o = orc[name]
+        same = bool(c["holds"] == o["holds"] and np.sign(c["mean"]) == np.sign(o["mean"]))
+        agree.append(same)
+        out[name] = {**c, "claim": CLAIMS[name], "figure": f"{c['mean']:+.4f} ± {c['std']:.4f}",
+                     "oracle": {"holds": o["holds"], "mean": o["mean"], "std": o["std"],
+                                "figure": f"{o['mean']:+.4f} ± {o['std']:.4f}"}}
+    out["7_oracle_agrees"] = {"claim": CLAIMS["7_oracle_agrees"], "holds": bool(all(agree)),
+                              "mean": float(np.mean(agree)), "std": 0.0, "n": len(agree),
+                              "figure": f"{sum(agree)}/{len(agree)} claims"}
+    return out

@@ -1,0 +1,260 @@
+"""`python -m dbdpo.world verify`: the paper's claims checked on the miniature world.
+
+For each concept × seed (a *unit*): DreamBooth with its UNet saved at `db_checkpoints` steps, each checkpoint
+evaluated (the baseline trade-off curve); then DPO-TS / DPO-IS / DPO-MIX for S steps from the last checkpoint,
+and S=1 on the same prompts (equal generation and DPO compute), each a `train.py` run (`multistep.run`) whose
+personalization is that checkpoint. Everything is judged by the evaluator CLIP and the oracle; `claims.py` turns
+the numbers into verdicts. Each run is resumable and skipped when finished; the DreamBooth checkpoints and their
+evaluations are shared by all variants of a unit.
+
+Writes `results_dir/verify.json`, `verify.md` and `pareto.png`; runs live in `results_dir/runs/<concept>/seed<k>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+CONF_ROOT = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_train(overrides: list[str], search_path: list[str] | None = None) -> DictConfig:
+    """conf/train.yaml composed with `overrides` (inside or outside a running Hydra app)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = [f"hydra.searchpath=[{','.join(search_path)}]"] if search_path else []
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=[*extra, *overrides])
+    with initialize_config_dir(config_dir=str(CONF_ROOT), version_base="1.3"):
+        return compose("train", overrides=[*extra, *overrides])
+
+
+class SaveUNetAt(L.Callback):
+    """Save the UNet (safetensors, atomically) when training reaches each of `steps`."""
+
+    def __init__(self, unet, steps: list[int], path_for):
+        self.unet, self.steps, self.path_for = unet, set(int(s) for s in steps), path_for
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from ..multistep import save_unet
+
+        if trainer.global_step in self.steps:
+            save_unet(self.unet, self.path_for(trainer.global_step))
+
+
+def _unit_setup(cfg: DictConfig):
+    """What `multistep.run` builds before training: concept (photos rendered), backbone, scorer, judge."""
+    from ..backbones import build_backbone
+    from ..concept import Concept, load_concept_images
+    from ..multistep import eval_prompts, is_world_concept, make_judge, resolve_device
+    from ..scores import build_scorer
+    from .concepts import render_concept_photos
+
+    if not is_world_concept(cfg):
+        raise ConfigError(f"verify needs miniature-world concepts (a `world:` block); {cfg.concept.name} has none.")
+    concept = Concept.from_cfg(cfg.concept)
+    render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
+    images = load_concept_images(concept.path)
+    device = resolve_device(str(cfg.device))
+    backbone = build_backbone(cfg.backbone).to(device)
+    scorer = build_scorer(cfg.scorer, device=str(device))
+    judge = make_judge(cfg, device)
+    if judge is None:
+        raise ConfigError("verify needs eval.judge (the evaluator CLIP and the oracle).")
+    return dict(concept=concept, images=images, device=device, backbone=backbone, scorer=scorer, judge=judge,
+                concept_emb=scorer.embed_images(images, reference=True), prompts=eval_prompts(cfg, concept))
+
+
+def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[tuple[int, dict]]:
+    """Train DreamBooth once, saving the UNet at every step in `steps` (0 = the world model itself), and evaluate
+    each checkpoint; finished checkpoints and evaluations are reused."""
+    from ..concept import ConceptDataModule
+    from ..multistep import _unet_done, load_unet_into, make_trainer, run_eval, save_unet
+    from ..personalize import DreamBoothModule
+
+    steps = sorted(set(int(s) for s in steps))
+    ck = {s: unit_dir / "db" / f"step_{s}" / "unet" for s in steps}
+    evals = {s: unit_dir / "db" / f"step_{s}" / "eval" for s in steps}
+    if all((evals[s] / "judge.json").exists() and (evals[s] / "eval.json").exists() for s in steps) \
+            and _unet_done(ck[steps[-1]]):
+        return [(s, {**read_json(evals[s] / "eval.json"), **read_json(evals[s] / "judge.json")}) for s in steps]
+    u = _unit_setup(cfg)
+    bb = u["backbone"]
+    if not all(_unet_done(ck[s]) for s in steps):  # deterministic: retraining from the start gives the same UNets
+        if 0 in ck:
+            save_unet(bb.unet, ck[0])
+        m = cfg.method
+        dm = ConceptDataModule(u["concept"], bb.resolution, prompt_template=m.prompt, batch_size=int(m.batch_size),
+                               repeats=max(1, steps[-1]), random_flip=bool(m.random_flip), seed=int(cfg.seed))
+        module = DreamBoothModule(bb, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed))
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        trainer = make_trainer(cfg, [], max_steps=steps[-1], max_epochs=-1,
+                               callbacks=[SaveUNetAt(bb.unet, [s for s in steps if s > 0], lambda s: ck[s])])
+        if steps[-1] > 0:
+            trainer.fit(module, datamodule=dm)
+        bb.to(u["device"])
+    curve = []
+    for s in steps:
+        load_unet_into(bb.unet, ck[s])
+        bb.unet.to(u["device"]).eval()
+        curve.append((s, run_eval(cfg, bb, u["scorer"], u["concept"], u["concept_emb"], u["prompts"], evals[s],
+                                  f"dreambooth step {s}", u["judge"], u["images"])))
+    return curve
+
+
+def run_variant(cfg: DictConfig, start: Path, variant_dir: Path) -> dict:
+    """`multistep.run` with the personalization replaced by the DreamBooth checkpoint at `start`."""
+    from ..multistep import run
+
+    metrics_file = variant_dir / "metrics.json"
+    expected = {"personalize", *(f"step_{s}" for s in range(1, int(cfg.steps) + 1))}
+    if metrics_file.exists() and set(read_json(metrics_file).get("stages", {})) >= expected:
+        return read_json(metrics_file)
+    ckpt = variant_dir / "checkpoints" / "personalize"
+    if not ckpt.exists():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(start / "unet", ckpt)
+    ev = variant_dir / "personalize" / "eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    for name in ("eval.json", "judge.json", "grid.png"):
+        if (start / "eval" / name).exists() and not (ev / name).exists():
+            shutil.copy2(start / "eval" / name, ev / name)
+    return run(cfg)
+
+
+def run_unit(vcfg: DictConfig, concept: str, seed: int, search_path: list[str] | None) -> dict:
+    base = [f"concept=world/{concept}", f"seed={seed}", *list(vcfg.train_overrides)]
+    unit_dir = Path(vcfg.results_dir) / "runs" / concept / f"seed{seed}"
+    db_cfg = compose_train([*base, f"paths.output_dir={unit_dir / 'db'}"], search_path)
+    curve = dreambooth_curve(db_cfg, list(vcfg.db_checkpoints), unit_dir)
+    start = unit_dir / "db" / f"step_{max(int(s) for s in vcfg.db_checkpoints)}"
+    S = int(vcfg.steps)
+    variants: dict[str, Any] = {}
+    plan = [(v, S) for v in vcfg.variants] + ([(v, 1) for v in vcfg.variants] if vcfg.equal_compute_s1 else [])
+    for v, s in plan:
+        name = f"{v}_s{s}"
+        vdir = unit_dir / name
+        # S=1 gets the same prompt pool as the S-step run, all of it in one step: equal samples, pairs, DPO epochs
+        cfg = compose_train([*base, f"filter={v}", f"steps={s}", f"paths.output_dir={vdir}"], search_path)
+        metrics = run_variant(cfg, start, vdir)
+        stages = metrics["stages"]
+        variants[name] = {"start": stages["personalize"], "final": stages[f"step_{s}"], "stages": stages}
+    return {"concept": concept, "seed": seed, "db": [[s, m] for s, m in curve], "variants": variants}
+
+
+def _fmt(x: dict) -> str:
+    return f"{x['mean']:+.4f} ± {x['std']:.4f}"
+
+
+def write_report(results: dict, out_dir: Path) -> None:
+    claims = results["claims"]
+    lines = ["# Miniature-world verification of the DreamBoothDPO claims", "",
+             f"{len(results['units'])} runs: concepts {', '.join(results['concepts'])} × seeds "
+             f"{results['seeds']}; DreamBooth checkpoints {results['settings']['db_checkpoints']}; DPO S = "
+             f"{results['settings']['steps']} (and S = 1 at equal compute). Judged by the evaluator CLIP (IS / TS) "
+             "and the oracle (identity / prompt-following). Figures: mean ± σ over concepts × seeds.", "",
+             "| claim | figure (evaluator) | holds | figure (oracle) | oracle agrees |", "|---|---|---|---|---|"]
+    for name, c in claims.items():
+        o = c.get("oracle")
+        lines.append(f"| {name.split('_', 1)[0]}. {c['claim']} | {c['figure']} | {'holds' if c['holds'] else 'does not hold'} "
+                     f"| {o['figure'] if o else '–'} | {('yes' if o['holds'] == c['holds'] else 'no') if o else '–'} |")
+    lines += ["", "## Per run (Δ = final − start checkpoint)", "",
+              "| concept | seed | variant | ΔIS (evaluator) | ΔTS (evaluator) | Δidentity (oracle) | Δprompt (oracle) |",
+              "|---|---|---|---|---|---|---|"]
+    for u in results["units"]:
+        for name, v in u["variants"].items():
+            d = {k: v["final"][k]["mean"] - v["start"][k]["mean"] for k in
+                 ("eval/evaluator_is", "eval/evaluator_ts", "eval/oracle_identity", "eval/oracle_prompt")}
+            lines.append(f"| {u['concept']} | {u['seed']} | {name} | {d['eval/evaluator_is']:+.4f} | "
+                         f"{d['eval/evaluator_ts']:+.4f} | {d['eval/oracle_identity']:+.4f} | "
+                         f"{d['eval/oracle_prompt']:+.4f} |")
+    lines += ["", "![Pareto](pareto.png)", ""]
+    if results.get("notes"):
+        lines += ["## Notes", "", results["notes"], ""]
+    (out_dir / "verify.md").write_text("\n".join(lines))
+
+
+def plot_pareto(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .claims import pareto_frontier
+
+    concepts = results["concepts"]
+    fig, axes = plt.subplots(1, len(concepts), figsize=(4.2 * len(concepts), 3.8), squeeze=False)
+    colours = {"ts": "tab:blue", "is": "tab:red", "mix": "tab:purple"}
+    for ax, c in zip(axes[0], concepts):
+        units = [u for u in results["units"] if u["concept"] == c]
+        pts = np.array([[[m["eval/evaluator_is"]["mean"], m["eval/evaluator_ts"]["mean"]] for _, m in u["db"]]
+                        for u in units]).mean(0)
+        ax.plot(pts[:, 0], pts[:, 1], "o-", color="grey", label="DreamBooth steps")
+        for (s, _), p in zip(units[0]["db"], pts):
+            ax.annotate(str(s), p, fontsize=7)
+        front = pareto_frontier(pts)
+        ax.plot(front[:, 0], front[:, 1], "--", color="black", lw=0.8, label="frontier")
+        for name in units[0]["variants"]:
+            v, s = name.split("_s")
+            p = np.mean([[u["variants"][name]["final"]["eval/evaluator_is"]["mean"],
+                          u["variants"][name]["final"]["eval/evaluator_ts"]["mean"]] for u in units], 0)
+            ax.scatter(*p, color=colours.get(v, "green"), marker="*" if s != "1" else "x", s=90 if s != "1" else 40,
+                       label=f"DPO-{v.upper()} S={s}", zorder=3)
+        ax.set_title(c)
+        ax.set_xlabel("IS (evaluator)")
+        ax.set_ylabel("TS (evaluator)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    from ..io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
+    from .claims import all_claims
+    from .concepts import shipped_concepts
+
+    if vcfg.get("threads"):
+        torch.set_num_threads(int(vcfg.threads))
+    concepts = list(vcfg.concepts) if vcfg.get("concepts") else shipped_concepts()
+    seeds = [int(s) for s in vcfg.seeds]
+    if not concepts or not seeds:
+        raise ConfigError("verify needs at least one concept and one seed.")
+    if not list(vcfg.db_checkpoints) or any(int(s) < 0 for s in vcfg.db_checkpoints):
+        raise ConfigError("db_checkpoints must list DreamBooth steps ≥ 0.")
+    out_dir = Path(vcfg.results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    units = []
+    from tqdm.auto import tqdm
+
+    for concept in tqdm(concepts, desc="verify concepts", disable=not vcfg.progress):
+        for seed in seeds:
+            unit_file = out_dir / "runs" / concept / f"seed{seed}" / "unit.json"
+            if unit_file.exists():
+                units.append(read_json(unit_file))
+                continue
+            unit = run_unit(vcfg, concept, seed, search_path)
+            write_json(unit_file, unit)
+            units.append(unit)
+    results = {"claims": all_claims(units), "concepts": concepts, "seeds": seeds,
+               "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units}
+    write_json(out_dir / "verify.json", results)
+    plot_pareto(results, out_dir / "pareto.png")
+    write_report(results, out_dir)
+    for name, c in results["claims"].items():
+        print(f"{name}: {c['figure']}  {'holds' if c['holds'] else 'does not hold'}")
+    return results

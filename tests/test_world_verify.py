@@ -1,0 +1,138 @@
+"""`python -m dbdpo.world verify`: claim computations on hand-made numbers, and a tiny end-to-end run of a concept
+config that lives in a temporary folder added through Hydra's search path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbdpo.world.claims import all_claims, claims_for, margin_above_frontier, pareto_frontier, spearman
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_spearman_by_hand():
+    assert spearman([0, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2, 3], [9, 5, 4, 1]) == pytest.approx(-1.0)
+    # ranks x: 0,1,2,3; y = (2, 1, 4, 3) -> d = (-1, 1, -1, 1): rho = 1 - 6*4/(4*15) = 0.6
+    assert spearman([0, 1, 2, 3], [2, 1, 4, 3]) == pytest.approx(0.6)
+    assert spearman([0, 1, 2], [5, 5, 5]) == 0.0
+
+
+def test_frontier_and_margins_by_hand():
+    pts = [(0.1, 0.9), (0.5, 0.7), (0.4, 0.5), (0.9, 0.3)]  # (0.4, 0.5) is dominated by (0.5, 0.7)
+    front = pareto_frontier(pts)
+    assert front.tolist() == [[0.1, 0.9], [0.5, 0.7], [0.9, 0.3]]
+    assert margin_above_frontier(front, (0.3, 0.85)) == pytest.approx(0.05)   # interp at 0.3 is 0.8
+    assert margin_above_frontier(front, (0.7, 0.4)) == pytest.approx(-0.1)    # interp at 0.7 is 0.5
+    assert margin_above_frontier(front, (0.95, 0.35)) == pytest.approx(0.05)  # right of it: vs 0.3
+    assert margin_above_frontier(front, (0.05, 0.8)) == pytest.approx(-0.1)   # left of it: vs 0.9
+
+
+def m(is_, ts, idn=None, pr=None, sd=0.01):
+    """metrics with evaluator IS/TS and oracle identity/prompt (oracle defaults to the evaluator's numbers)."""
+    return {"eval/evaluator_is": {"mean": is_, "std": sd}, "eval/evaluator_ts": {"mean": ts, "std": sd},
+            "eval/oracle_identity": {"mean": is_ if idn is None else idn, "std": sd},
+            "eval/oracle_prompt": {"mean": ts if pr is None else pr, "std": sd}}
+
+
+def unit(concept, db, finals, start):
+    return {"concept": concept, "seed": 0, "db": [[s, x] for s, x in db],
+            "variants": {k: {"start": start, "final": v} for k, v in finals.items()}}
+
+
+def good_unit(concept="a", shift=0.0):
+    db = [(0, m(0.2, 0.8)), (1, m(0.5, 0.6)), (2, m(0.8, 0.3))]
+    start = db[-1][1]
+    finals = {"ts_s2": m(0.795, 0.5 + shift), "mix_s2": m(0.83, 0.4), "is_s2": m(0.9, 0.32),
+              "ts_s1": m(0.795, 0.45), "mix_s1": m(0.81, 0.38), "is_s1": m(0.85, 0.3)}
+    return unit(concept, db, finals, start)
+
+
+def test_claims_on_hand_made_units_all_hold():
+    units = [good_unit("a"), good_unit("b", 0.02)]
+    c = claims_for(units)
+    assert c["1_dreambooth_trades_ts_for_is"]["rho_is"]["mean"] == pytest.approx(1.0)
+    assert c["1_dreambooth_trades_ts_for_is"]["rho_ts"]["mean"] == pytest.approx(-1.0)
+    assert c["2_dpo_ts_raises_ts"]["mean"] == pytest.approx(np.mean([0.2, 0.22]))  # 0.5 - 0.3, 0.52 - 0.3
+    assert c["2_dpo_ts_raises_ts"]["holds"]  # ΔIS = -0.005 ≥ -σ = -0.01
+    assert c["3_dpo_is_raises_is"]["mean"] == pytest.approx(0.1) and c["3_dpo_is_raises_is"]["holds"]
+    assert c["4_orderings"]["holds"] and c["4_orderings"]["mean"] == 1.0
+    # frontier (0.2,0.8)-(0.5,0.6)-(0.8,0.3); ts_s2 at (0.795, 0.5): interp 0.305 -> margin 0.195 (0.215 for b)
+    assert c["5_beyond_frontier"]["holds"]
+    assert c["5_beyond_frontier"]["mean"] == pytest.approx(np.mean([0.5 - 0.305, 0.52 - 0.305]))
+    assert c["6_s2_beats_s1"]["holds"]
+    assert c["6_s2_beats_s1"]["per_variant"]["is"]["mean"] == pytest.approx(0.05)
+    full = all_claims(units)
+    assert full["7_oracle_agrees"]["holds"] and full["7_oracle_agrees"]["figure"] == "6/6 claims"
+
+
+def test_claims_that_fail_and_an_oracle_that_disagrees():
+    u = good_unit()
+    u["variants"]["ts_s2"]["final"] = m(0.6, 0.35, pr=0.2)  # TS up by CLIP, IS down 0.2 ≫ σ; oracle: prompt down
+    u["variants"]["is_s2"]["final"] = m(0.75, 0.3)         # IS down
+    c = all_claims([u])
+    assert not c["2_dpo_ts_raises_ts"]["holds"] and c["2_dpo_ts_raises_ts"]["mean"] == pytest.approx(0.05)
+    assert not c["3_dpo_is_raises_is"]["holds"]
+    assert not c["4_orderings"]["holds"]
+    assert c["2_dpo_ts_raises_ts"]["oracle"]["mean"] == pytest.approx(-0.1)
+    assert not c["7_oracle_agrees"]["holds"]
+
+
+def test_beyond_frontier_needs_most_concepts():
+    below = good_unit("c")
+    for k in ("ts_s2", "mix_s2", "is_s2"):
+        below["variants"][k]["final"] = m(0.5, 0.55)  # under the frontier's 0.6 at IS 0.5
+    c = claims_for([good_unit("a"), below, {**below, "concept": "d"}])
+    assert c["5_beyond_frontier"]["concepts_beyond"] == {"a": True, "c": False, "d": False}
+    assert not c["5_beyond_frontier"]["holds"]
+
+
+@pytest.mark.slow
+def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
+    conf = tmp_path / "myconf" / "concept" / "world"
+    conf.mkdir(parents=True)
+    (conf / "lab_heart.yaml").write_text(
+        "# someone else's concept\nname: lab_heart\nclass_name: heart\nlive: false\ntoken: sks\n"
+        "world:\n  shape: heart\n  pattern: zigzag\n  colours: [blue, orange]\n"
+        "  photos: {n: 4, background: sand, position: center, size: large, style: flat, seed: 3}\n"
+        "path: ${paths.output_dir}/concept_photos\n")
+    results = tmp_path / "results"
+    tiny = ["backbone=tiny", "logger=none", "progress=false", "method.max_steps=4", "prompts.n=8",
+            "generate.images_per_prompt=3", "eval.max_prompts=3", "eval.images_per_prompt=2"]
+    args = [sys.executable, "-m", "dbdpo.world", "verify", f"results_dir={results}", "concepts=[lab_heart]",
+            "seeds=[0]", "db_checkpoints=[0,2,4]", "progress=false",
+            f"train_overrides=[{','.join(repr(t) for t in tiny)}]",
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((results / "verify.json").read_text())
+    assert set(out["claims"]) == {"1_dreambooth_trades_ts_for_is", "2_dpo_ts_raises_ts", "3_dpo_is_raises_is",
+                                  "4_orderings", "5_beyond_frontier", "6_s2_beats_s1", "7_oracle_agrees"}
+    for c in out["claims"].values():
+        assert isinstance(c["holds"], bool) and {"figure", "mean", "std"} <= set(c)
+    (u,) = out["units"]
+    assert u["concept"] == "lab_heart" and [s for s, _ in u["db"]] == [0, 2, 4]
+    assert set(u["variants"]) == {"ts_s2", "is_s2", "mix_s2", "ts_s1", "is_s1", "mix_s1"}
+    # every variant starts from the shared DreamBooth checkpoint and its evaluation
+    for v in u["variants"].values():
+        assert v["start"] == u["db"][-1][1]
+    md = (results / "verify.md").read_text()
+    assert "holds" in md and "lab_heart" in md
+    assert (results / "pareto.png").stat().st_size > 1000
+    # the photos were rendered from the outside config
+    assert len(list((results / "runs" / "lab_heart" / "seed0" / "db" / "concept_photos").glob("*.png"))) == 4
+
+    # a rerun skips every finished unit and reproduces the report
+    mtime = (results / "runs" / "lab_heart" / "seed0" / "unit.json").stat().st_mtime_ns
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (results / "runs" / "lab_heart" / "seed0" / "unit.json").stat().st_mtime_ns == mtime
+    assert json.loads((results / "verify.json").read_text())["claims"] == out["claims"]
