@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,22 +183,55 @@ def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
     return prompts[: int(n)] if n else prompts
 
 
-def make_judge(cfg: DictConfig, device: torch.device):
+def make_judge(cfg: DictConfig, concept: Concept, concept_images, device: torch.device):
     """The evaluator CLIP + oracle for a world concept when `eval.judge` names them (else None)."""
     j = cfg.eval.get("judge")
     if not j or not is_world_concept(cfg):
         return None
+    from .world.concepts import parse_world_concept
     from .world.judge import WorldJudge
 
     for key in ("evaluator", "oracle"):
         if not Path(j[key]).exists():
             raise ConfigError(f"eval.judge.{key}: {j[key]} not found; train the world with "
                               "`python -m dbdpo.world pretrain` or set eval.judge=null.")
-    return WorldJudge(j.evaluator, j.oracle, device=str(device))
+    return WorldJudge(j.evaluator, j.oracle, concept_images, concept.holder, parse_world_concept(cfg.concept).look,
+                      device=str(device))
+
+
+@dataclass
+class RunContext:
+    """What every stage of a run needs: the concept (world photos rendered), models on the device, and the
+    concept's reference embedding."""
+
+    concept: Concept
+    concept_images: list
+    device: torch.device
+    backbone: Backbone
+    scorer: Any
+    concept_emb: torch.Tensor
+    judge: Any
+
+
+def prepare(cfg: DictConfig) -> RunContext:
+    from .scores import build_scorer
+
+    concept = Concept.from_cfg(cfg.concept)
+    if is_world_concept(cfg):  # a world concept's photos are rendered from its config
+        from .world.concepts import render_concept_photos
+
+        render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
+    concept_images = load_concept_images(concept.path)  # fails early with a clear message
+    device = resolve_device(str(cfg.device))
+    backbone = build_backbone(cfg.backbone).to(device)
+    scorer = build_scorer(cfg.scorer, device=str(device))
+    return RunContext(concept, concept_images, device, backbone, scorer,
+                      scorer.embed_images(concept_images, reference=True),
+                      make_judge(cfg, concept, concept_images, device))
 
 
 def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path, stage: str,
-             judge=None, concept_images=None) -> dict:
+             judge=None) -> dict:
     """CLIP-I / CLIP-T with the scorer; for a world concept with a judge, also the evaluator's IS / TS and the
     oracle's prompt-following and identity on the same samples."""
     result = evaluate(backbone, scorer, concept, concept_emb, prompts, out_dir,
@@ -205,14 +239,7 @@ def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path
                       batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
                       progress=bool(cfg.progress), desc=f"eval {stage}")
     if judge is not None:
-        if (out_dir / "judge.json").exists():
-            return {**result, **read_json(out_dir / "judge.json")}
-        from .generate import load_samples
-        from .world.concepts import parse_world_concept
-
-        look = parse_world_concept(cfg.concept).look
-        result = {**result, **judge(load_samples(out_dir / "samples"), concept_images, concept.holder, look,
-                                    out_dir=out_dir)}
+        result = {**result, **judge(out_dir)}
     return result
 
 
@@ -221,7 +248,6 @@ def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path
 def run(cfg: DictConfig) -> dict:
     """Run the whole method; returns (and writes) `metrics.json`."""
     from .prompts import build_pool, read_pool, split_pool, write_pool
-    from .scores import build_scorer
 
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -229,20 +255,11 @@ def run(cfg: DictConfig) -> dict:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(int(cfg.seed))
 
-    concept = Concept.from_cfg(cfg.concept)
-    if is_world_concept(cfg):  # a world concept's photos are rendered from its config
-        from .world.concepts import render_concept_photos
-
-        render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
-    concept_images = load_concept_images(concept.path)  # fails early with a clear message
+    ctx = prepare(cfg)
+    concept, device, backbone, scorer = ctx.concept, ctx.device, ctx.backbone, ctx.scorer
+    concept_emb, judge = ctx.concept_emb, ctx.judge
     filt = make_filter(cfg.filter)
     S = int(cfg.steps)
-
-    device = resolve_device(str(cfg.device))
-    backbone = build_backbone(cfg.backbone).to(device)
-    scorer = build_scorer(cfg.scorer, device=str(device))
-    concept_emb = scorer.embed_images(concept_images, reference=True)
-    judge = make_judge(cfg, device)
     loggers = instantiate_loggers(cfg)
 
     # The prompt pool, split into S disjoint parts (written once, reread on resume).
@@ -280,7 +297,7 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize", device)
     ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, run_dir / "personalize" / "eval",
-                  "personalize", judge, concept_images)
+                  "personalize", judge)
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
     initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.dpo.reference == "initial" else None
@@ -310,7 +327,7 @@ def run(cfg: DictConfig) -> dict:
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}",
-                      judge, concept_images)
+                      judge)
         ev.update({"pairs/candidates": stats["candidates"], "pairs/kept": stats["kept"],
                    "score/is": mean_std(scores["is"]), "score/ts": mean_std(scores["ts"])})
         record(f"step_{s}", ev, s)

@@ -57,29 +57,31 @@ def oracle_scores(pred: dict[str, np.ndarray], prompts: Sequence[str], holder: s
 
 
 class WorldJudge:
-    """The evaluator CLIP (an open_clip model independent of the scorer) and the attribute oracle."""
+    """The evaluator CLIP (an open_clip model independent of the scorer) and the attribute oracle, bound to one
+    concept: its photos (embedded once by the evaluator), its holder phrase and its look."""
 
-    def __init__(self, evaluator: str | os.PathLike, oracle: str | os.PathLike, device: str = "cpu",
-                 batch_size: int = 256):
+    def __init__(self, evaluator: str | os.PathLike, oracle: str | os.PathLike, concept_images, holder: str, look,
+                 device: str = "cpu", batch_size: int = 256):
         from .clips import load_world_clip
 
         self.evaluator = load_world_clip("evaluator", evaluator, device=device, batch_size=batch_size)
         self.oracle = load_oracle(oracle, device)
+        self.reference = self.evaluator.embed_images(concept_images, reference=True)
+        self.holder, self.look = holder, look_labels(look)
 
-    def __call__(self, samples, concept_images, holder: str, look, out_dir: str | os.PathLike | None = None,
-                 progress: bool = False) -> dict:
-        """Judge a `generate.SampleSet`; with `out_dir`, the result is cached as `judge.json` there."""
+    def __call__(self, out_dir: str | os.PathLike, progress: bool = False) -> dict:
+        """Judge the samples of an evaluation (`out_dir/samples`); cached as `out_dir/judge.json`."""
+        from ..generate import load_samples
         from ..scores import score_generation
 
-        cache = Path(out_dir) / "judge.json" if out_dir is not None else None
-        if cache is not None and cache.exists():
+        cache = Path(out_dir) / "judge.json"
+        if cache.exists():
             return read_json(cache)
-        ref = self.evaluator.embed_images(concept_images, reference=True)
-        ev = score_generation(self.evaluator, samples, ref, holder, text_variant="remove",
-                              out_dir=Path(out_dir) / "evaluator_scores" if out_dir is not None else None,
-                              progress=progress)
+        samples = load_samples(Path(out_dir) / "samples")
+        ev = score_generation(self.evaluator, samples, self.reference, self.holder, text_variant="remove",
+                              out_dir=Path(out_dir) / "evaluator_scores", progress=progress)
         images = np.stack([np.asarray(im.convert("RGB")) for im in samples.load_images(range(len(samples)))])
-        orc = oracle_scores(predict(self.oracle, images), list(samples.prompts), holder, look_labels(look))
+        orc = oracle_scores(predict(self.oracle, images), list(samples.prompts), self.holder, self.look)
         pidx = np.asarray(samples.prompt_index)
         asks = ~np.isnan(orc["follow"])
         result = {
@@ -88,6 +90,5 @@ class WorldJudge:
             "eval/oracle_prompt": mean_std(per_prompt_mean(orc["follow"][asks], pidx[asks])),
             "eval/oracle_identity": mean_std(per_prompt_mean(orc["identity"], pidx)),
         }
-        if cache is not None:
-            write_json(cache, result)
+        write_json(cache, result)
         return result

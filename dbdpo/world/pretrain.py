@@ -82,11 +82,8 @@ def _merge_state(state_file: Path, mine: dict) -> dict:
     return merged
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def pretrain(cfg: DictConfig) -> dict:
+    from ..multistep import resolve_device
     from .clips import train_clip
     from .oracle import load_oracle, train_oracle
     from .t2i import (QualityCurve, measure_quality, reconstruction_accuracy, save_pipeline, train_t2i,
@@ -100,6 +97,7 @@ def pretrain(cfg: DictConfig) -> dict:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on the GPU
     progress = bool(cfg.progress)
+    device = resolve_device("auto")
     state_file = work / "state.json"
     state: dict[str, Any] = {"quality": {}, "timings_s": {}}
     workers = int(cfg.get("loader_workers") or 0)
@@ -159,7 +157,7 @@ def pretrain(cfg: DictConfig) -> dict:
             ref = Path(cfg.reference_oracle)
             if ref.exists():
                 state["quality"]["vae_reconstruction_oracle"] = reconstruction_accuracy(
-                    vae.to(_device()), load_oracle(ref, _device()), size=cfg.size)
+                    vae.to(device), load_oracle(ref, device), size=cfg.size)
                 vae.cpu()
                 _merge_state(state_file, state)
         if "t2i" in stages:
@@ -187,9 +185,9 @@ def pretrain(cfg: DictConfig) -> dict:
         from ..backbones import load_pipeline
 
         q = cfg.quality
-        pipe = load_pipeline("sd", str(pipe_dir)).to(_device())
+        pipe = load_pipeline("sd", str(pipe_dir)).to(device)
         pipe.set_progress_bar_config(disable=True)
-        oracle = load_oracle(out_dir / "oracle.safetensors", _device())
+        oracle = load_oracle(out_dir / "oracle.safetensors", device)
         state["quality"]["t2i_oracle_accuracy"] = timed("quality", lambda: measure_quality(
             pipe, oracle, n=q.n, seed=q.seed, size=cfg.size, steps=q.num_inference_steps, guidance=q.guidance_scale))
         _merge_state(state_file, state)

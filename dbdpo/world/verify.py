@@ -55,35 +55,12 @@ class SaveUNetAt(L.Callback):
             save_unet(self.unet, self.path_for(trainer.global_step))
 
 
-def _unit_setup(cfg: DictConfig):
-    """What `multistep.run` builds before training: concept (photos rendered), backbone, scorer, judge."""
-    from ..backbones import build_backbone
-    from ..concept import Concept, load_concept_images
-    from ..multistep import eval_prompts, is_world_concept, make_judge, resolve_device
-    from ..scores import build_scorer
-    from .concepts import render_concept_photos
-
-    if not is_world_concept(cfg):
-        raise ConfigError(f"verify needs miniature-world concepts (a `world:` block); {cfg.concept.name} has none.")
-    concept = Concept.from_cfg(cfg.concept)
-    render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
-    images = load_concept_images(concept.path)
-    device = resolve_device(str(cfg.device))
-    backbone = build_backbone(cfg.backbone).to(device)
-    scorer = build_scorer(cfg.scorer, device=str(device))
-    judge = make_judge(cfg, device)
-    if judge is None:
-        raise ConfigError("verify needs eval.judge (the evaluator CLIP and the oracle).")
-    return dict(concept=concept, images=images, device=device, backbone=backbone, scorer=scorer, judge=judge,
-                concept_emb=scorer.embed_images(images, reference=True), prompts=eval_prompts(cfg, concept))
-
-
 def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[tuple[int, dict]]:
-    """Train DreamBooth once, saving the UNet at every step in `steps` (0 = the world model itself), and evaluate
-    each checkpoint; finished checkpoints and evaluations are reused."""
-    from ..concept import ConceptDataModule
-    from ..multistep import _unet_done, load_unet_into, make_trainer, run_eval, save_unet
-    from ..personalize import DreamBoothModule
+    """Train DreamBooth once (`multistep.personalize` to the last of `steps`), saving the UNet at every step
+    (0 = the world model itself), and evaluate each checkpoint; finished checkpoints and evaluations are
+    reused."""
+    from ..multistep import (eval_prompts, is_world_concept, load_unet_into, personalize, prepare, run_eval,
+                             save_unet, _unet_done)
 
     steps = sorted(set(int(s) for s in steps))
     ck = {s: unit_dir / "db" / f"step_{s}" / "unet" for s in steps}
@@ -91,27 +68,26 @@ def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[
     if all((evals[s] / "judge.json").exists() and (evals[s] / "eval.json").exists() for s in steps) \
             and _unet_done(ck[steps[-1]]):
         return [(s, {**read_json(evals[s] / "eval.json"), **read_json(evals[s] / "judge.json")}) for s in steps]
-    u = _unit_setup(cfg)
-    bb = u["backbone"]
-    if not all(_unet_done(ck[s]) for s in steps):  # deterministic: retraining from the start gives the same UNets
-        if 0 in ck:
-            save_unet(bb.unet, ck[0])
-        m = cfg.method
-        dm = ConceptDataModule(u["concept"], bb.resolution, prompt_template=m.prompt, batch_size=int(m.batch_size),
-                               repeats=max(1, steps[-1]), random_flip=bool(m.random_flip), seed=int(cfg.seed))
-        module = DreamBoothModule(bb, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed))
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        trainer = make_trainer(cfg, [], max_steps=steps[-1], max_epochs=-1,
-                               callbacks=[SaveUNetAt(bb.unet, [s for s in steps if s > 0], lambda s: ck[s])])
-        if steps[-1] > 0:
-            trainer.fit(module, datamodule=dm)
-        bb.to(u["device"])
+    if not is_world_concept(cfg):
+        raise ConfigError(f"verify needs miniature-world concepts (a `world:` block); {cfg.concept.name} has none.")
+    u = prepare(cfg)
+    if u.judge is None:
+        raise ConfigError("verify needs eval.judge (the evaluator CLIP and the oracle).")
+    bb = u.backbone
+    if 0 in ck and not _unet_done(ck[0]):
+        save_unet(bb.unet, ck[0])
+    # Intermediate UNets are saved on the way; personalize saves the last (a rerun after a kill trains again
+    # from the start, deterministically).
+    cfg.method.max_steps = steps[-1]
+    personalize(cfg, bb, u.concept, [], ck[steps[-1]], u.device,
+                callbacks=[SaveUNetAt(bb.unet, [s for s in steps[:-1] if s > 0], lambda s: ck[s])])
+    prompts = eval_prompts(cfg, u.concept)
     curve = []
     for s in steps:
         load_unet_into(bb.unet, ck[s])
-        bb.unet.to(u["device"]).eval()
-        curve.append((s, run_eval(cfg, bb, u["scorer"], u["concept"], u["concept_emb"], u["prompts"], evals[s],
-                                  f"dreambooth step {s}", u["judge"], u["images"])))
+        bb.unet.to(u.device).eval()
+        curve.append((s, run_eval(cfg, bb, u.scorer, u.concept, u.concept_emb, prompts, evals[s],
+                                  f"dreambooth step {s}", u.judge)))
     return curve
 
 
