@@ -95,17 +95,29 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return x.div_(127.5).sub_(1.0)
 
 
+def mention_targets(mentions: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """What each caption says, per attribute: the value's index, or len(values) where it is not mentioned."""
+    return {k: torch.tensor([vals.index(m[k]) if k in m else len(vals) for m in mentions], dtype=torch.long)
+            for k, vals in ATTRIBUTES.items()}
+
+
 def make_batch(scenes: SceneBatch, rng: np.random.Generator | None, size: int = 32,
                with_captions: bool = True) -> dict:
-    """{"pixels", "captions", "labels"} for `scenes` (captions drawn from `rng`; [] without captions)."""
-    caps = [caption_with_mentions(scenes.scene(i), rng)[0] for i in range(len(scenes))] if with_captions else []
-    return {"pixels": to_pixels(render(scenes, size=size)), "captions": caps,
-            "labels": {k: torch.from_numpy(v.astype(np.int64)) for k, v in scenes.labels().items()}}
+    """{"pixels", "captions", "labels", "mentions"} for `scenes` (captions drawn from `rng`; without captions,
+    "captions" is [] and there are no "mentions")."""
+    out = {"pixels": to_pixels(render(scenes, size=size)), "captions": [],
+           "labels": {k: torch.from_numpy(v.astype(np.int64)) for k, v in scenes.labels().items()}}
+    if with_captions:
+        pairs = [caption_with_mentions(scenes.scene(i), rng) for i in range(len(scenes))]
+        out["captions"] = [c for c, _ in pairs]
+        out["mentions"] = mention_targets([m for _, m in pairs])
+    return out
 
 
 class RenderedBatches(torch.utils.data.IterableDataset):
     """Batches of freshly rendered scenes: {"pixels": (B,3,H,W) float in [-1,1], "captions": [str] * B,
-    "labels": {attribute: LongTensor (B,)}} (colour2 is -1 for solid objects).
+    "labels": {attribute: LongTensor (B,)}, "mentions": {attribute: LongTensor (B,)}} (colour2 is -1 for solid
+    objects; a mention is the value index, or the number of values where the caption does not mention it).
 
     Batch k (k = start, start + 1, ...) depends only on (seed, k, split, half, size); `steps=None` streams
     forever, else `steps` batches. Use with `DataLoader(ds, batch_size=None)`.
@@ -144,15 +156,19 @@ def fixed_eval_set(n: int, seed: int, split: str = "heldout", size: int = 32, ha
     """`n` scenes of `split`, rendered and captioned: the same dict as a batch, fixed by (n, seed, split)."""
     rng = np.random.default_rng([int(seed), 7_777_777, DATA_SPLITS.index(split)])
     scenes = sample_split(n, rng, split, half)
-    out = {"pixels": [], "captions": [], "labels": {k: [] for k in ATTRIBUTES}}
+    out = {"pixels": [], "captions": [], "labels": {k: [] for k in ATTRIBUTES}, "mentions": {k: [] for k in ATTRIBUTES}}
     for i in range(0, n, 512):
         b = make_batch(scenes[i:i + 512], rng, size, with_captions)
         out["pixels"].append(b["pixels"])
         out["captions"] += b["captions"]
-        for k, v in b["labels"].items():
-            out["labels"][k].append(v)
-    return {"pixels": torch.cat(out["pixels"]), "captions": out["captions"],
-            "labels": {k: torch.cat(v) for k, v in out["labels"].items()}}
+        for key in ("labels", "mentions"):
+            for k, v in b.get(key, {}).items():
+                out[key][k].append(v)
+    res = {"pixels": torch.cat(out["pixels"]), "captions": out["captions"],
+           "labels": {k: torch.cat(v) for k, v in out["labels"].items()}}
+    if with_captions:
+        res["mentions"] = {k: torch.cat(v) for k, v in out["mentions"].items()}
+    return res
 
 
 class WorldData(L.LightningDataModule):

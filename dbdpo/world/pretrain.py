@@ -133,12 +133,14 @@ def pretrain(cfg: DictConfig) -> dict:
     pretrained_text = cfg.t2i.get("text_encoder", "joint") == "pretrained"
     if pretrained_text and ("text" in stages or "t2i" in stages) and not pipe_dir.exists() and not text_dir.exists():
         c = cfg.text
-        te, retrieval = timed("text", lambda: train_text_clip(
+        te, figures = timed("text", lambda: train_text_clip(
             steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=cfg.seed, size=cfg.size, ckpt_dir=work / "text",
             width=cfg.t2i.text_width, layers=cfg.t2i.text_layers, progress=progress,
-            every=int(cfg.checkpoint_every), workers=workers, **trainer_kw))
+            every=int(cfg.checkpoint_every), workers=workers, attribute_weight=float(c.get("attribute_weight", 0)),
+            **trainer_kw))
         te.save_pretrained(str(text_dir), safe_serialization=True)
-        state["quality"]["text_encoder_retrieval"] = retrieval
+        state["quality"]["text_encoder_retrieval"] = figures["retrieval"]
+        state["quality"]["text_encoder_attributes"] = figures["attributes"]
         _merge_state(state_file, state)
     if ("vae" in stages or "t2i" in stages) and not pipe_dir.exists():
         from diffusers import AutoencoderKL
@@ -152,6 +154,7 @@ def pretrain(cfg: DictConfig) -> dict:
                                                  kl_weight=v.kl_weight, seed=cfg.seed, size=cfg.size,
                                                  ckpt_dir=work / "vae", channels=tuple(v.channels),
                                                  latent_channels=int(v.latent_channels), progress=progress,
+                                                 object_weight=float(v.get("object_weight", 0)),
                                                  every=int(cfg.checkpoint_every), workers=workers, **trainer_kw))
             vae.save_pretrained(str(vae_dir), safe_serialization=True)
             ref = Path(cfg.reference_oracle)
