@@ -138,6 +138,9 @@ def _fmt(x: dict) -> str:
 def write_report(results: dict, out_dir: Path) -> None:
     claims = results["claims"]
     lines = ["# Miniature-world verification of the DreamBoothDPO claims", "",
+             *([] if results.get("complete", True) else
+               [f"**Partial: {len(results['units'])} of {len(results['concepts']) * len(results['seeds'])} runs "
+                "finished; rerun the same command to continue.**", ""]),
              f"{len(results['units'])} runs: concepts {', '.join(results['concepts'])} × seeds "
              f"{results['seeds']}; DreamBooth checkpoints {results['settings']['db_checkpoints']}; DPO S = "
              f"{results['settings']['steps']} (and S = 1 at equal compute). Judged by the evaluator CLIP (IS / TS) "
@@ -171,7 +174,7 @@ def plot_pareto(results: dict, path: Path) -> None:
 
     from .claims import pareto_frontier
 
-    concepts = results["concepts"]
+    concepts = [c for c in results["concepts"] if any(u["concept"] == c for u in results["units"])]
     fig, axes = plt.subplots(1, len(concepts), figsize=(4.2 * len(concepts), 3.8), squeeze=False)
     colours = {"ts": "tab:blue", "is": "tab:red", "mix": "tab:purple"}
     for ax, c in zip(axes[0], concepts):
@@ -217,20 +220,22 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
     units = []
     from tqdm.auto import tqdm
 
-    for concept in tqdm(concepts, desc="verify concepts", disable=not vcfg.progress):
-        for seed in seeds:
-            unit_file = out_dir / "runs" / concept / f"seed{seed}" / "unit.json"
-            if unit_file.exists():
-                units.append(read_json(unit_file))
-                continue
+    plan = [(c, seed) for seed in seeds for c in concepts]  # seed-major: an interrupted run covers every concept
+    results: dict[str, Any] = {}
+    for concept, seed in tqdm(plan, desc="verify units", disable=not vcfg.progress):
+        unit_file = out_dir / "runs" / concept / f"seed{seed}" / "unit.json"
+        if unit_file.exists():
+            unit = read_json(unit_file)
+        else:
             unit = run_unit(vcfg, concept, seed, search_path)
             write_json(unit_file, unit)
-            units.append(unit)
-    results = {"claims": all_claims(units), "concepts": concepts, "seeds": seeds,
-               "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units}
-    write_json(out_dir / "verify.json", results)
-    plot_pareto(results, out_dir / "pareto.png")
-    write_report(results, out_dir)
+        units.append(unit)
+        # the report so far after every unit ("complete": false until the last one)
+        results = {"claims": all_claims(units), "complete": len(units) == len(plan), "concepts": concepts,
+                   "seeds": seeds, "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units}
+        write_json(out_dir / "verify.json", results)
+        plot_pareto(results, out_dir / "pareto.png")
+        write_report(results, out_dir)
     for name, c in results["claims"].items():
         print(f"{name}: {c['figure']}  {'holds' if c['holds'] else 'does not hold'}")
     return results
