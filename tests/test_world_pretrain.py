@@ -41,7 +41,7 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     assert check_manifest(out) == []
     q = manifest["quality"]
     assert set(q) >= {"oracle_accuracy", "scorer_retrieval", "evaluator_retrieval", "t2i_oracle_accuracy",
-                      "vae_reconstruction_oracle", "text_encoder_retrieval"}
+                      "vae_reconstruction_oracle", "text_encoder_retrieval", "text_encoder_attributes"}
     assert set(q["vae_reconstruction_oracle"]) >= {"shape", "background", "pattern"}
     # the accuracy-vs-minutes curve: one row per step (curve_every=1), each with every prompted attribute
     rows = [json.loads(line) for line in (work / "t2i_curve.jsonl").read_text().splitlines()]
@@ -68,6 +68,24 @@ def test_tiny_pretrain_end_to_end(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     pretrain(compose([*TINY, f"out_dir={out}", f"work_dir={work}"]))
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+    # t2i.init_from continues from a saved pipeline: its text encoder and VAE, its UNet as the start (lr 0: kept)
+    from safetensors.torch import load_file
+
+    out2, work2 = tmp_path / "world2", tmp_path / "work2"
+    pretrain(compose([*TINY, f"out_dir={out2}", f"work_dir={work2}", "stages=[t2i]", f"t2i.init_from={out}/pipeline",
+                      "t2i.lr=0", "t2i.curve_every=0", "seed=5"]))
+    for part in ("unet", "vae", "text_encoder"):
+        a = (out / "pipeline" / part).glob("*.safetensors")
+        b = (out2 / "pipeline" / part).glob("*.safetensors")
+        sa, sb = load_file(str(next(a))), load_file(str(next(b)))
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), part
+    assert not (work2 / "text").exists() and not (work2 / "vae").exists()  # nothing retrained but the UNet
+    from dbdpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init_from"):
+        pretrain(compose([*TINY, f"out_dir={tmp_path / 'w3'}", f"work_dir={tmp_path / 'k3'}", "stages=[t2i]",
+                          f"t2i.init_from={tmp_path}"]))
 
     # tampering is detected
     (out / "oracle.safetensors").write_bytes(b"x" + (out / "oracle.safetensors").read_bytes()[1:])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ConfigError
 from ..io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,21 @@ def pretrain(cfg: DictConfig) -> dict:
     pipe_dir = out_dir / "pipeline"
     text_dir = work / "text_final"
     pretrained_text = cfg.t2i.get("text_encoder", "joint") == "pretrained"
+    init_from = cfg.t2i.get("init_from")
+    if init_from and not pipe_dir.exists():  # continue from a saved pipeline: its text encoder and VAE, frozen
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        init_from = Path(init_from)
+        if not (init_from / "unet").is_dir():
+            raise ConfigError(f"t2i.init_from={init_from} is not a saved world pipeline (no unet/ folder); "
+                              "point it at e.g. dbdpo/assets/world/pipeline.")
+        if pretrained_text and not text_dir.exists():
+            CLIPTextModel.from_pretrained(str(init_from / "text_encoder"), torch_dtype=torch.float32).save_pretrained(
+                str(text_dir), safe_serialization=True)
+        if not (work / "vae_final").exists():
+            AutoencoderKL.from_pretrained(str(init_from / "vae"), torch_dtype=torch.float32).save_pretrained(
+                str(work / "vae_final"), safe_serialization=True)
     if pretrained_text and ("text" in stages or "t2i" in stages) and not pipe_dir.exists() and not text_dir.exists():
         c = cfg.text
         te, figures = timed("text", lambda: train_text_clip(
@@ -181,7 +197,7 @@ def pretrain(cfg: DictConfig) -> dict:
                 channels=tuple(t.channels), attention=tuple(t.attention), text_width=t.text_width,
                 text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress,
                 every=int(cfg.checkpoint_every), workers=workers, curve=curve, text_encoder=text_encoder,
-                **trainer_kw))
+                init_unet=(Path(init_from) / "unet") if init_from else None, **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
             and "t2i_oracle_accuracy" not in _merge_state(state_file, state)["quality"]:

@@ -467,8 +467,10 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
               cfg_dropout: float = 0.1, ema_decay: float = 0.999, channels: tuple[int, ...] = (32, 64, 128),
               attention: tuple[bool, ...] = (False, True, True), text_width: int = 64, text_layers: int = 2,
               layers_per_block: int = 1, progress: bool = True, every: int = 250, workers: int = 0,
-              curve: QualityCurve | None = None, text_encoder=None, **trainer_kw: Any):
-    """UNet (and, without a pretrained `text_encoder`, a text encoder from scratch trained jointly with it)."""
+              curve: QualityCurve | None = None, text_encoder=None, init_unet: str | os.PathLike | None = None,
+              **trainer_kw: Any):
+    """UNet (and, without a pretrained `text_encoder`, a text encoder from scratch trained jointly with it);
+    `init_unet`: a saved UNet folder to start from instead of random weights (same architecture)."""
     from .data import WorldData
     from .oracle import fit_resumable
 
@@ -478,6 +480,17 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
     unet = build_world_unet(seed, latent_size(vae, size), tuple(channels), tuple(bool(a) for a in attention),
                             cross_attention_dim=text_width, layers_per_block=layers_per_block,
                             latent_channels=int(vae.config.latent_channels))
+    if init_unet is not None:
+        from diffusers import UNet2DConditionModel
+
+        start = UNet2DConditionModel.from_pretrained(str(init_unet), torch_dtype=torch.float32)
+        try:
+            unet.load_state_dict(start.state_dict())
+        except RuntimeError as e:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"t2i.init_from: the UNet in {init_unet} does not match t2i.channels / attention / "
+                             f"layers_per_block; set them as in its config.json ({e.args[0].splitlines()[0]})") from e
     module = T2IModule(vae, text_encoder, unet, lr=lr, steps=steps, cfg_dropout=cfg_dropout,
                        ema_decay=ema_decay, seed=seed, train_text_encoder=joint)
     data = WorldData(batch_size, seed=seed + 200, split="pretrain", size=size, steps=steps, with_captions=True,
