@@ -74,11 +74,16 @@ def check_manifest(out_dir: str | Path) -> list[str]:
     return problems
 
 
+def _read_state(state_file: Path) -> dict:
+    disk = read_json(state_file) if state_file.exists() else {}
+    return {k: disk.get(k, {}) for k in ("quality", "timings_s")}
+
+
 def _merge_state(state_file: Path, mine: dict) -> dict:
     """Read-merge-write of state.json, so that stages run by concurrent `pretrain` processes (one stage each,
     same work_dir) keep each other's figures."""
-    disk = read_json(state_file) if state_file.exists() else {}
-    merged = {k: {**disk.get(k, {}), **mine.get(k, {})} for k in ("quality", "timings_s")}
+    disk = _read_state(state_file)
+    merged = {k: {**disk[k], **mine.get(k, {})} for k in ("quality", "timings_s")}
     write_json(state_file, merged)
     return merged
 
@@ -200,7 +205,7 @@ def pretrain(cfg: DictConfig) -> dict:
                 init_unet=(Path(init_from) / "unet") if init_from else None, **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
-            and "t2i_oracle_accuracy" not in _merge_state(state_file, state)["quality"]:
+            and "t2i_oracle_accuracy" not in {**_read_state(state_file)["quality"], **state["quality"]}:
         from ..backbones import load_pipeline
 
         q = cfg.quality
