@@ -232,7 +232,8 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
         units.append(unit)
         # the report so far after every unit ("complete": false until the last one)
         results = {"claims": all_claims(units), "complete": len(units) == len(plan), "concepts": concepts,
-                   "seeds": seeds, "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units}
+                   "seeds": seeds, "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units,
+                   "notes": vcfg.get("notes")}
         write_json(out_dir / "verify.json", results)
         plot_pareto(results, out_dir / "pareto.png")
         write_report(results, out_dir)
