@@ -132,12 +132,14 @@ def _features(out) -> torch.Tensor:  # transformers 5 returns the projected feat
 
 
 @torch.no_grad()
-def text_clip_retrieval(module: TextCLIPModule, n: int = 1000, seed: int = 13, size: int = 32) -> float:
+def text_clip_retrieval(module: TextCLIPModule, n: int = 1000, seed: int = 13, size: int = 32,
+                        data: dict | None = None) -> float:
     """Top-1 caption retrieval among 100 on fresh held-out renders (how well the text tower separates scenes)."""
     from .clips import retrieval_top1
     from .data import fixed_eval_set
 
-    data = fixed_eval_set(n, seed, "heldout", size)
+    data = data if data is not None else fixed_eval_set(n, seed, "heldout", size)
+    n = len(data["captions"])
     module.eval()
     img = torch.cat([_features(module.clip.get_image_features(pixel_values=x.to(module.device)))
                      for x in data["pixels"].split(256)])
@@ -147,11 +149,13 @@ def text_clip_retrieval(module: TextCLIPModule, n: int = 1000, seed: int = 13, s
 
 
 @torch.no_grad()
-def text_attribute_accuracy(module: TextCLIPModule, n: int = 1000, seed: int = 13, size: int = 32) -> dict:
+def text_attribute_accuracy(module: TextCLIPModule, n: int = 1000, seed: int = 13, size: int = 32,
+                            data: dict | None = None) -> dict:
     """Per attribute, how often the heads read a mentioned value back from held-out captions' EOS states."""
     from .data import fixed_eval_set
 
-    data = fixed_eval_set(n, seed, "heldout", size)
+    data = data if data is not None else fixed_eval_set(n, seed, "heldout", size)
+    n = len(data["captions"])
     module.eval()
     states = []
     for i in range(0, n, 256):
@@ -448,7 +452,7 @@ def train_text_clip(steps: int, batch_size: int, lr: float, seed: int, size: int
     among 100, "attributes": per-attribute accuracy of the heads})."""
     from transformers import CLIPTextModel
 
-    from .data import WorldData
+    from .data import WorldData, fixed_eval_set
     from .oracle import fit_resumable
 
     module = TextCLIPModule(build_world_text_clip(seed, width, layers, size), lr=lr, steps=steps,
@@ -456,8 +460,9 @@ def train_text_clip(steps: int, batch_size: int, lr: float, seed: int, size: int
     data = WorldData(batch_size, seed=seed + 300, split="pretrain", size=size, steps=steps, with_captions=True,
                      workers=workers)
     fit_resumable(module, data, steps, ckpt_dir, every, {"enable_progress_bar": progress, **trainer_kw})
-    figures = {"retrieval": text_clip_retrieval(module, size=size),
-               "attributes": text_attribute_accuracy(module, size=size)}
+    held_out = fixed_eval_set(1000, 13, "heldout", size)  # one render for both figures
+    figures = {"retrieval": text_clip_retrieval(module, data=held_out),
+               "attributes": text_attribute_accuracy(module, data=held_out)}
     text_encoder = CLIPTextModel(module.clip.config.text_config)
     text_encoder.load_state_dict(module.clip.text_model.state_dict())  # same keys as CLIPModel.text_model
     return text_encoder.cpu().eval(), figures
