@@ -7,7 +7,10 @@ position, so batch size, sharding and resume never change an image.
 Layout of `out_dir`: `shard_00000/` … each holding `latents.safetensors` (diffusion-space latents,
 what DPO trains on), `meta.json` (prompt, formatted text, index, seed, image file) and PNG images.
 A shard is written to a temporary folder and renamed into place, so it is either complete or absent;
-a restart skips finished shards.
+a restart skips finished shards. With `cache_dir`, finished shards are also kept there under a key made of
+the model's weights fingerprint and everything that determines the shard's images (prompts, their indices,
+seed, sampler settings), so another run that would generate the same shard copies it instead (e.g. DPO
+variants that start from one checkpoint).
 """
 
 from __future__ import annotations
@@ -63,6 +66,26 @@ class SampleSet:
         return [Image.open(self.images[i]).convert("RGB") for i in idx]
 
 
+def model_fingerprint(backbone) -> str:
+    """sha256 over the weights of every module of the backbone's pipeline and its scheduler's config."""
+    h = hashlib.sha256(f"{type(backbone.pipe).__name__} {backbone.resolution}".encode())
+    for name, comp in sorted(backbone.pipe.components.items()):
+        h.update(name.encode())
+        if isinstance(comp, torch.nn.Module):
+            for key, t in comp.state_dict().items():
+                h.update(key.encode())
+                h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif hasattr(comp, "config"):
+            h.update(repr(sorted(dict(comp.config).items())).encode())
+    return h.hexdigest()
+
+
+def _shard_key(fingerprint: str, settings: dict, first: int, prompts: list[str]) -> str:
+    keep = {k: v for k, v in settings.items() if k not in ("n_prompts", "prompts_sha256", "prompts_per_shard")}
+    blob = repr((fingerprint, sorted(keep.items()), first, prompts)).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
 def _shard_name(k: int) -> str:
     return f"shard_{k:05d}"
 
@@ -95,6 +118,7 @@ def generate(
     num_inference_steps: int | None = None,
     desc: str = "generate",
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> SampleSet:
     """Generate `images_per_prompt` samples for every prompt (templates with `[V*]`), resumably."""
     out_dir = Path(out_dir)
@@ -120,10 +144,20 @@ def generate(
     todo = [k for k in range(len(shards)) if not (out_dir / _shard_name(k)).exists()]
     done = sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo)) * images_per_prompt
     bar = tqdm(total=len(prompts) * images_per_prompt, initial=done, desc=desc, unit="img", disable=not progress)
+    cache = Path(cache_dir) if cache_dir is not None and todo else None
+    fingerprint = model_fingerprint(backbone) if cache is not None else ""
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
     for k in todo:
         items = [(p, j) for p in shards[k] for j in range(images_per_prompt)]
         tmp = out_dir / f".tmp_{_shard_name(k)}"
         shutil.rmtree(tmp, ignore_errors=True)
+        key = _shard_key(fingerprint, settings, shards[k][0], [prompts[p] for p in shards[k]]) if cache else ""
+        if cache is not None and (cache / key).is_dir():
+            shutil.copytree(cache / key, tmp)
+            os.replace(tmp, out_dir / _shard_name(k))
+            bar.update(len(items))
+            continue
         tmp.mkdir()
         latents, meta = [], []
         for b in range(0, len(items), batch_size):
@@ -140,6 +174,13 @@ def generate(
             bar.update(len(chunk))
         save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
         write_json(tmp / "meta.json", meta)
+        if cache is not None:
+            ctmp = cache / f".tmp_{key}"
+            shutil.rmtree(ctmp, ignore_errors=True)
+            shutil.copytree(tmp, ctmp)
+            if not (cache / key).exists():
+                os.replace(ctmp, cache / key)
+            shutil.rmtree(ctmp, ignore_errors=True)
         os.replace(tmp, out_dir / _shard_name(k))
     bar.close()
     return load_samples(out_dir)

@@ -309,7 +309,7 @@ def run(cfg: DictConfig) -> dict:
         samples = generate(backbone, part, concept.holder, step_dir / "samples", int(cfg.generate.images_per_prompt),
                            seed=int(cfg.seed) * 1000 + s, batch_size=int(cfg.generate.batch_size),
                            prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
-                           progress=bool(cfg.progress))
+                           progress=bool(cfg.progress), cache_dir=cfg.generate.get("cache_dir"))
         scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
         pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)
         stats = pair_stats(pairs)
@@ -326,12 +326,14 @@ def run(cfg: DictConfig) -> dict:
         ref = initial if initial is not None else copy.deepcopy(backbone.unet).requires_grad_(False)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
-        ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}",
-                      judge)
+        ev = {}
+        if s == S or cfg.eval.get("every_step", True):
+            ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, step_dir / "eval", f"step {s}",
+                          judge)
+            log_images(loggers, f"eval/grid/step_{s}", [step_dir / "eval" / "grid.png"])
         ev.update({"pairs/candidates": stats["candidates"], "pairs/kept": stats["kept"],
                    "score/is": mean_std(scores["is"]), "score/ts": mean_std(scores["ts"])})
         record(f"step_{s}", ev, s)
-        log_images(loggers, f"eval/grid/step_{s}", [step_dir / "eval" / "grid.png"])
 
     for lg in loggers:
         lg.finalize("success")

@@ -195,3 +195,37 @@ def test_load_samples_of_empty_folder_raises(tmp_path):
     (tmp_path / ".tmp_shard_00000").mkdir()  # an unfinished shard is not a sample
     with pytest.raises(DbdpoError, match="no generated samples"):
         load_samples(tmp_path)
+
+
+def test_sample_cache_shares_identical_shards_across_runs(backbone, tmp_path, monkeypatch):
+    import dbdpo.generate as gen
+
+    calls = []
+    real = gen._generate_batch
+    monkeypatch.setattr(gen, "_generate_batch", lambda bb, texts, *a: calls.append(list(texts)) or real(bb, texts, *a))
+    cache = tmp_path / "cache"
+    full = generate(backbone, PROMPTS, HOLDER, tmp_path / "a", M, seed=7, batch_size=8, prompts_per_shard=1,
+                    progress=False, cache_dir=cache)
+    assert len(calls) == 3 and len(list(cache.iterdir())) == 3
+    # a run over the first two prompts (another pool part, same weights and seed) generates nothing
+    calls.clear()
+    part = generate(backbone, PROMPTS[:2], HOLDER, tmp_path / "b", M, seed=7, batch_size=8, prompts_per_shard=1,
+                    progress=False, cache_dir=cache)
+    assert calls == [] and torch.equal(part.latents, full.latents[: 2 * M]) and part.seeds == full.seeds[: 2 * M]
+    assert [p.name for p in part.images] == [p.name for p in full.images[: 2 * M]]
+    # the same prompt at another position, another seed, or other weights: generated anew
+    generate(backbone, PROMPTS[1:2], HOLDER, tmp_path / "c", M, seed=7, prompts_per_shard=1, progress=False,
+             cache_dir=cache)
+    generate(backbone, PROMPTS[:1], HOLDER, tmp_path / "d", M, seed=8, prompts_per_shard=1, progress=False,
+             cache_dir=cache)
+    assert len(calls) == 2
+    with torch.no_grad():
+        p = next(backbone.unet.parameters())
+        saved = p.clone()
+        p.add_(1e-3)
+        try:
+            generate(backbone, PROMPTS[:1], HOLDER, tmp_path / "e", M, seed=7, prompts_per_shard=1, progress=False,
+                     cache_dir=cache)
+        finally:
+            p.copy_(saved)
+    assert len(calls) == 3

@@ -107,7 +107,7 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
     tiny = ["backbone=tiny", "logger=none", "progress=false", "method.max_steps=4", "prompts.n=8",
             "generate.images_per_prompt=3", "eval.max_prompts=3", "eval.images_per_prompt=2"]
     args = [sys.executable, "-m", "dbdpo.world", "verify", f"results_dir={results}", "concepts=[lab_heart]",
-            "seeds=[0]", "db_checkpoints=[0,2,4]", "progress=false",
+            "seeds=[0,1]", "workers=2", "db_checkpoints=[0,2,4]", "progress=false",
             f"train_overrides=[{','.join(repr(t) for t in tiny)}]",
             f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", f"hydra.run.dir={tmp_path / 'hydra'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -118,8 +118,9 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
                                   "4_orderings", "5_beyond_frontier", "6_s2_beats_s1", "7_oracle_agrees"}
     for c in out["claims"].values():
         assert isinstance(c["holds"], bool) and {"figure", "mean", "std"} <= set(c)
-    (u,) = out["units"]
-    assert u["concept"] == "lab_heart" and [s for s, _ in u["db"]] == [0, 2, 4]
+    assert [(u["concept"], u["seed"]) for u in out["units"]] == [("lab_heart", 0), ("lab_heart", 1)]  # 2 workers
+    u = out["units"][0]
+    assert [s for s, _ in u["db"]] == [0, 2, 4]
     assert set(u["variants"]) == {"ts_s2", "is_s2", "mix_s2", "ts_s1", "is_s1", "mix_s1"}
     # every variant starts from the shared DreamBooth checkpoint and its evaluation
     for v in u["variants"].values():
@@ -127,6 +128,16 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
     md = (results / "verify.md").read_text()
     assert "holds" in md and "lab_heart" in md
     assert (results / "pareto.png").stat().st_size > 1000
+    # the variants' first-step samples are generated once (the unit's sample cache) and identical; only the last
+    # step is evaluated
+    unit_dir = results / "runs" / "lab_heart" / "seed0"
+    for S in (1, 2):
+        lat = [sorted((unit_dir / f"{v}_s{S}" / "step_1" / "samples" / "shard_00000").glob("*.png"))
+               for v in ("ts", "is", "mix")]
+        assert lat[0] and all([x.read_bytes() for x in a] == [x.read_bytes() for x in lat[0]] for a in lat)
+    # shards generated: S=2 step 1 once, S=2 step 2 per variant (3), S=1 once (tiny: one shard per generation)
+    assert len(list((unit_dir / "sample_cache").iterdir())) == 5
+    assert not (unit_dir / "ts_s2" / "step_1" / "eval").exists() and (unit_dir / "ts_s2" / "step_2" / "eval").is_dir()
     # the photos were rendered from the outside config
     assert len(list((results / "runs" / "lab_heart" / "seed0" / "db" / "concept_photos").glob("*.png"))) == 4
 
@@ -136,3 +147,24 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (results / "runs" / "lab_heart" / "seed0" / "unit.json").stat().st_mtime_ns == mtime
     assert json.loads((results / "verify.json").read_text())["claims"] == out["claims"]
+
+
+def test_bootstrap_support_separates_robust_from_unsettled_verdicts():
+    from dbdpo.world.claims import bootstrap_support
+
+    rng = np.random.default_rng(0)
+    units = []
+    for i in range(8):
+        u = good_unit(f"c{i}")
+        # DPO-IS: +0.1 IS everywhere (robust); DPO-TS: ΔTS of alternating sign around a mean of ~0 (unsettled)
+        u["variants"]["ts_s2"]["final"] = m(0.8, 0.3 + (0.05 if i % 2 else -0.05) + rng.normal(0, 1e-3))
+        units.append(u)
+    s = bootstrap_support(units, n=500)
+    assert s["3_dpo_is_raises_is"] == 1.0
+    assert 0.2 < s["2_dpo_ts_raises_ts"] < 0.8
+    # resampling is by concept: one concept's many seeds count once
+    one = [dict(good_unit("same"), seed=k) for k in range(5)]
+    one[0]["variants"]["is_s2"]["final"] = m(0.0, 0.3)   # one very bad seed pulls the concept's mean below 0
+    assert bootstrap_support(one, n=50)["3_dpo_is_raises_is"] == 0.0  # a single cluster: every resample is it
+    full = all_claims(units, n_boot=200)
+    assert full["3_dpo_is_raises_is"]["support"] == 1.0 and "support" in full["3_dpo_is_raises_is"]["oracle"]

@@ -93,63 +93,107 @@ def _delta(unit: dict, variant: str, key: str) -> float:
     return value(v["final"], key) - value(v["start"], key)
 
 
-def claims_for(units: list[dict], judge: str = "evaluator") -> dict[str, dict[str, Any]]:
-    """Claims 1–6 judged by `judge` ("evaluator" or "oracle")."""
+def unit_figures(unit: dict, judge: str = "evaluator") -> dict[str, float]:
+    """The per-unit numbers every claim is built from (rank correlations, Δs, frontier margin, S=2 − S=1)."""
     k = JUDGES[judge]
-    out: dict[str, dict[str, Any]] = {}
+    steps = [s for s, _ in unit["db"]]
+    f = {"rho_is": spearman(steps, [value(m, k["is"]) for _, m in unit["db"]]),
+         "rho_ts": spearman(steps, [value(m, k["ts"]) for _, m in unit["db"]]),
+         "sigma": spread(unit["variants"]["ts_s2"]["start"], k["is"])}
+    for v in VARIANTS:
+        for m in ("is", "ts"):
+            f[f"d_{v}_{m}"] = _delta(unit, f"{v}_s2", k[m])
+    front = pareto_frontier([(value(m, k["is"]), value(m, k["ts"])) for _, m in unit["db"]])
+    f["margin"] = max(margin_above_frontier(front, (value(unit["variants"][f"{v}_s2"]["final"], k["is"]),
+                                                    value(unit["variants"][f"{v}_s2"]["final"], k["ts"])))
+                      for v in VARIANTS)
 
-    rho_is = [spearman([s for s, _ in u["db"]], [value(m, k["is"]) for _, m in u["db"]]) for u in units]
-    rho_ts = [spearman([s for s, _ in u["db"]], [value(m, k["ts"]) for _, m in u["db"]]) for u in units]
-    f = _ms(np.subtract(rho_is, rho_ts))
+    def objective(metrics, v):
+        return (value(metrics, k["ts"]) if v == "ts" else value(metrics, k["is"]) if v == "is"
+                else value(metrics, k["ts"]) + value(metrics, k["is"]))
+
+    if all(f"{v}_s1" in unit["variants"] for v in VARIANTS):
+        for v in VARIANTS:
+            f[f"s2_s1_{v}"] = (objective(unit["variants"][f"{v}_s2"]["final"], v)
+                               - objective(unit["variants"][f"{v}_s1"]["final"], v))
+    return f
+
+
+def aggregate(figs: dict[str, np.ndarray], concepts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Claims 1–6 from per-unit figures (arrays aligned with `concepts`, one entry per unit)."""
+    out: dict[str, dict[str, Any]] = {}
+    rho_is, rho_ts = figs["rho_is"], figs["rho_ts"]
     out["1_dreambooth_trades_ts_for_is"] = {
-        **f, "holds": bool(np.mean(rho_is) > 0 and np.mean(rho_ts) < 0), "rho_is": _ms(rho_is),
+        **_ms(rho_is - rho_ts), "holds": bool(rho_is.mean() > 0 and rho_ts.mean() < 0), "rho_is": _ms(rho_is),
         "rho_ts": _ms(rho_ts)}
 
-    d = {(v, m): [_delta(u, f"{v}_s2", k[m]) for u in units] for v in VARIANTS for m in ("is", "ts")}
-    sigma = [spread(u["variants"]["ts_s2"]["start"], k["is"]) for u in units]
+    d = {(v, m): figs[f"d_{v}_{m}"] for v in VARIANTS for m in ("is", "ts")}
     f = _ms(d["ts", "ts"])
-    out["2_dpo_ts_raises_ts"] = {**f, "holds": bool(f["mean"] > 0 and np.mean(d["ts", "is"]) >= -np.mean(sigma)),
-                                 "delta_is": _ms(d["ts", "is"]), "start_is_sigma": _ms(sigma)}
+    out["2_dpo_ts_raises_ts"] = {**f, "holds": bool(f["mean"] > 0 and d["ts", "is"].mean() >= -figs["sigma"].mean()),
+                                 "delta_is": _ms(d["ts", "is"]), "start_is_sigma": _ms(figs["sigma"])}
     f = _ms(d["is", "is"])
     out["3_dpo_is_raises_is"] = {**f, "holds": bool(f["mean"] > 0), "delta_ts": _ms(d["is", "ts"])}
 
-    mean = {key: float(np.mean(v)) for key, v in d.items()}
-    per_unit = [float(d["ts", "ts"][i] > d["mix", "ts"][i] > d["is", "ts"][i]
-                      and d["is", "is"][i] > d["mix", "is"][i] > d["ts", "is"][i]) for i in range(len(units))]
+    mean = {key: float(v.mean()) for key, v in d.items()}
+    per_unit = ((d["ts", "ts"] > d["mix", "ts"]) & (d["mix", "ts"] > d["is", "ts"])
+                & (d["is", "is"] > d["mix", "is"]) & (d["mix", "is"] > d["ts", "is"])).astype(np.float64)
     out["4_orderings"] = {
         **_ms(per_unit),
         "holds": bool(mean["ts", "ts"] > mean["mix", "ts"] > mean["is", "ts"]
                       and mean["is", "is"] > mean["mix", "is"] > mean["ts", "is"]),
         "delta_ts": {v: mean[v, "ts"] for v in VARIANTS}, "delta_is": {v: mean[v, "is"] for v in VARIANTS}}
 
-    margins, beyond_by_concept = [], {}
-    for u in units:
-        front = pareto_frontier([(value(m, k["is"]), value(m, k["ts"])) for _, m in u["db"]])
-        best = max(margin_above_frontier(front, (value(u["variants"][f"{v}_s2"]["final"], k["is"]),
-                                                 value(u["variants"][f"{v}_s2"]["final"], k["ts"])))
-                   for v in VARIANTS)
-        margins.append(best)
-        beyond_by_concept.setdefault(u["concept"], []).append(best > 0)
+    beyond_by_concept: dict[str, list[bool]] = {}
+    for c, mg in zip(concepts, figs["margin"]):
+        beyond_by_concept.setdefault(c, []).append(bool(mg > 0))
     concept_beyond = {c: float(np.mean(b)) >= 0.5 for c, b in beyond_by_concept.items()}
-    out["5_beyond_frontier"] = {**_ms(margins), "holds": bool(np.mean(list(concept_beyond.values())) > 0.5),
+    out["5_beyond_frontier"] = {**_ms(figs["margin"]), "holds": bool(np.mean(list(concept_beyond.values())) > 0.5),
                                 "concepts_beyond": concept_beyond}
 
-    if all(f"{v}_s1" in u["variants"] for u in units for v in VARIANTS):
-        def objective(metrics, v):
-            return (value(metrics, k["ts"]) if v == "ts" else value(metrics, k["is"]) if v == "is"
-                    else value(metrics, k["ts"]) + value(metrics, k["is"]))
-
-        diffs = {v: [objective(u["variants"][f"{v}_s2"]["final"], v) - objective(u["variants"][f"{v}_s1"]["final"], v)
-                     for u in units] for v in VARIANTS}
-        out["6_s2_beats_s1"] = {**_ms([x for v in VARIANTS for x in diffs[v]]),
-                                "holds": bool(all(np.mean(diffs[v]) > 0 for v in VARIANTS)),
+    if all(f"s2_s1_{v}" in figs for v in VARIANTS):
+        diffs = {v: figs[f"s2_s1_{v}"] for v in VARIANTS}
+        out["6_s2_beats_s1"] = {**_ms(np.concatenate([diffs[v] for v in VARIANTS])),
+                                "holds": bool(all(diffs[v].mean() > 0 for v in VARIANTS)),
                                 "per_variant": {v: _ms(diffs[v]) for v in VARIANTS}}
     return out
 
 
-def all_claims(units: list[dict]) -> dict[str, dict[str, Any]]:
-    """Claims 1–6 by the evaluator, each with the oracle's verdict beside it, and claim 7."""
+def _stack(units: list[dict], judge: str) -> dict[str, np.ndarray]:
+    per = [unit_figures(u, judge) for u in units]
+    keys = set.intersection(*(set(p) for p in per)) if per else set()
+    return {key: np.array([p[key] for p in per], dtype=np.float64) for key in keys}
+
+
+def claims_for(units: list[dict], judge: str = "evaluator") -> dict[str, dict[str, Any]]:
+    """Claims 1–6 judged by `judge` ("evaluator" or "oracle")."""
+    return aggregate(_stack(units, judge), [u["concept"] for u in units])
+
+
+def bootstrap_support(units: list[dict], judge: str = "evaluator", n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """For each claim, the fraction of cluster-bootstrap resamples in which it holds.
+
+    A resample draws as many concepts as there are, with replacement, and takes every run (seed) of each drawn
+    concept, so runs of one concept are not counted as independent evidence. ≥ 0.95: the verdict "holds" is
+    unlikely to be an accident of which concepts and seeds were run; ≤ 0.05: likewise for "does not hold".
+    """
+    figs = _stack(units, judge)
+    concepts = np.array([u["concept"] for u in units])
+    names = sorted(set(concepts))
+    members = {c: np.flatnonzero(concepts == c) for c in names}
+    rng = np.random.default_rng(seed)
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        idx = np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))])
+        for name, c in aggregate({k: v[idx] for k, v in figs.items()}, concepts[idx].tolist()).items():
+            counts[name] = counts.get(name, 0) + int(c["holds"])
+    return {name: counts.get(name, 0) / n for name in aggregate(figs, concepts.tolist())}
+
+
+def all_claims(units: list[dict], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """Claims 1–6 by the evaluator, each with the oracle's verdict beside it (and the bootstrap support of both
+    verdicts), and claim 7."""
     ev, orc = claims_for(units, "evaluator"), claims_for(units, "oracle")
+    support = {j: bootstrap_support(units, j, n=n_boot) for j in JUDGES}
     out = {}
     agree = []
     for name, c in ev.items():
@@ -157,8 +201,10 @@ def all_claims(units: list[dict]) -> dict[str, dict[str, Any]]:
         same = bool(c["holds"] == o["holds"] and np.sign(c["mean"]) == np.sign(o["mean"]))
         agree.append(same)
         out[name] = {**c, "claim": CLAIMS[name], "figure": f"{c['mean']:+.4f} ± {c['std']:.4f}",
+                     "support": support["evaluator"].get(name),
                      "oracle": {"holds": o["holds"], "mean": o["mean"], "std": o["std"],
-                                "figure": f"{o['mean']:+.4f} ± {o['std']:.4f}"}}
+                                "figure": f"{o['mean']:+.4f} ± {o['std']:.4f}",
+                                "support": support["oracle"].get(name)}}
     out["7_oracle_agrees"] = {"claim": CLAIMS["7_oracle_agrees"], "holds": bool(all(agree)),
                               "mean": float(np.mean(agree)), "std": 0.0, "n": len(agree),
                               "figure": f"{sum(agree)}/{len(agree)} claims"}

@@ -124,11 +124,22 @@ def run_unit(vcfg: DictConfig, concept: str, seed: int, search_path: list[str] |
         name = f"{v}_s{s}"
         vdir = unit_dir / name
         # S=1 gets the same prompt pool as the S-step run, all of it in one step: equal samples, pairs, DPO epochs
-        cfg = compose_train([*base, f"filter={v}", f"steps={s}", f"paths.output_dir={vdir}"], search_path)
+        # Variants start from one checkpoint with one prompt pool: their first-step samples are the same images,
+        # generated once through the unit's sample cache. Only the last step is evaluated (the claims' figures).
+        cfg = compose_train([*base, f"filter={v}", f"steps={s}", f"paths.output_dir={vdir}",
+                             f"generate.cache_dir={unit_dir / 'sample_cache'}", "eval.every_step=false"], search_path)
         metrics = run_variant(cfg, start, vdir)
         stages = metrics["stages"]
         variants[name] = {"start": stages["personalize"], "final": stages[f"step_{s}"], "stages": stages}
     return {"concept": concept, "seed": seed, "db": [[s, m] for s, m in curve], "variants": variants}
+
+
+def _unit_job(vcfg, concept: str, seed: int, search_path: list[str] | None) -> dict:
+    """Run one unit and write its `unit.json` (in a worker process `vcfg` arrives as a plain dict)."""
+    vcfg = OmegaConf.create(vcfg) if isinstance(vcfg, dict) else vcfg
+    unit = run_unit(vcfg, concept, seed, search_path)
+    write_json(Path(vcfg.results_dir) / "runs" / concept / f"seed{seed}" / "unit.json", unit)
+    return unit
 
 
 def _fmt(x: dict) -> str:
@@ -145,11 +156,21 @@ def write_report(results: dict, out_dir: Path) -> None:
              f"{results['seeds']}; DreamBooth checkpoints {results['settings']['db_checkpoints']}; DPO S = "
              f"{results['settings']['steps']} (and S = 1 at equal compute). Judged by the evaluator CLIP (IS / TS) "
              "and the oracle (identity / prompt-following). Figures: mean ± σ over concepts × seeds.", "",
-             "| claim | figure (evaluator) | holds | figure (oracle) | oracle agrees |", "|---|---|---|---|---|"]
+             "| claim | figure (evaluator) | holds | support | figure (oracle) | oracle: holds | support | oracle agrees |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def sup(x):
+        return "–" if x is None else f"{x:.2f}"
+
     for name, c in claims.items():
         o = c.get("oracle")
         lines.append(f"| {name.split('_', 1)[0]}. {c['claim']} | {c['figure']} | {'holds' if c['holds'] else 'does not hold'} "
-                     f"| {o['figure'] if o else '–'} | {('yes' if o['holds'] == c['holds'] else 'no') if o else '–'} |")
+                     f"| {sup(c.get('support'))} | {o['figure'] if o else '–'} "
+                     f"| {('holds' if o['holds'] else 'does not hold') if o else '–'} | {sup(o.get('support')) if o else '–'} "
+                     f"| {('yes' if o['holds'] == c['holds'] else 'no') if o else '–'} |")
+    lines += ["", "*support*: the fraction of 2,000 cluster-bootstrap resamples (concepts drawn with replacement, each "
+              "with all its seeds) in which the claim holds; near 1 the verdict \"holds\" is robust to which concepts "
+              "were run, near 0 \"does not hold\" is, in between the data cannot settle it."]
     lines += ["", "## Per run (Δ = final − start checkpoint)", "",
               "| concept | seed | variant | ΔIS (evaluator) | ΔTS (evaluator) | Δidentity (oracle) | Δprompt (oracle) |",
               "|---|---|---|---|---|---|---|"]
@@ -217,26 +238,48 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
         raise ConfigError("db_checkpoints must list DreamBooth steps ≥ 0.")
     out_dir = Path(vcfg.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    units = []
     from tqdm.auto import tqdm
 
     plan = [(c, seed) for seed in seeds for c in concepts]  # seed-major: an interrupted run covers every concept
+    unit_file = {(c, seed): out_dir / "runs" / c / f"seed{seed}" / "unit.json" for c, seed in plan}
+    done = {key: read_json(f) for key, f in unit_file.items() if f.exists()}
     results: dict[str, Any] = {}
-    for concept, seed in tqdm(plan, desc="verify units", disable=not vcfg.progress):
-        unit_file = out_dir / "runs" / concept / f"seed{seed}" / "unit.json"
-        if unit_file.exists():
-            unit = read_json(unit_file)
-        else:
-            unit = run_unit(vcfg, concept, seed, search_path)
-            write_json(unit_file, unit)
-        units.append(unit)
-        # the report so far after every unit ("complete": false until the last one)
+
+    def report() -> None:  # the report so far ("complete": false until every unit is done)
+        nonlocal results
+        units = [done[key] for key in plan if key in done]
         results = {"claims": all_claims(units), "complete": len(units) == len(plan), "concepts": concepts,
                    "seeds": seeds, "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units,
                    "notes": vcfg.get("notes")}
         write_json(out_dir / "verify.json", results)
         plot_pareto(results, out_dir / "pareto.png")
         write_report(results, out_dir)
+
+    todo = [key for key in plan if key not in done]
+    workers = max(1, min(int(vcfg.get("workers") or 1), len(todo)))
+    bar = tqdm(total=len(plan), initial=len(done), desc="verify units", disable=not vcfg.progress)
+    if not todo:
+        report()
+    elif workers == 1:
+        for c, seed in todo:
+            done[c, seed] = _unit_job(vcfg, c, seed, search_path)
+            bar.update()
+            report()
+    else:
+        # Units are independent: a pool of processes (spawned, so each starts clean) runs them side by side
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        plain = OmegaConf.to_container(vcfg, resolve=True)
+        threads = int(vcfg.threads) if vcfg.get("threads") else 1
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_unit_job, plain, c, seed, search_path): (c, seed) for c, seed in todo}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                bar.update()
+                report()
+    bar.close()
     for name, c in results["claims"].items():
         print(f"{name}: {c['figure']}  {'holds' if c['holds'] else 'does not hold'}")
     return results
