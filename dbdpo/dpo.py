@@ -83,12 +83,17 @@ class DiffusionDPOModule(L.LightningModule):
 
     def __init__(self, backbone, ref_unet: torch.nn.Module | None = None, beta: float = 5000.0,
                  lr: float = 2.5e-6, weight_decay: float = 0.0, warmup_steps: int = 0, seed: int = 0,
-                 outer_step: int = 1):
+                 outer_step: int = 1, adapter=None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "ref_unet"])
+        self.save_hyperparameters(ignore=["backbone", "ref_unet", "adapter"])
         self.backbone = backbone
-        self.unet = backbone.unet.requires_grad_(True)
-        self.ref_unet = (ref_unet if ref_unet is not None else copy.deepcopy(self.unet)).requires_grad_(False).eval()
+        # With an adapter attached (SVDiff, LoRA) only it trains, and without `ref_unet` the reference is the same
+        # network with the adapter disabled; otherwise the whole UNet trains against a frozen copy.
+        self.adapter = adapter if adapter is not None and adapter.kind != "full" else None
+        self.unet = backbone.unet if self.adapter is not None else backbone.unet.requires_grad_(True)
+        if ref_unet is None and self.adapter is None:
+            ref_unet = copy.deepcopy(self.unet)
+        self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
         self.noise_scheduler = backbone.noise_scheduler()
         self.embed = PromptEmbeddings(backbone)
@@ -112,7 +117,11 @@ class DiffusionDPOModule(L.LightningModule):
         cond = torch.cat([cond, cond])
         model_w, model_l = self.mse_pairs(self.unet, noisy, t2, cond, target)
         with torch.no_grad():
-            ref_w, ref_l = self.mse_pairs(self.ref_unet, noisy, t2, cond, target)
+            if self.ref_unet is not None:
+                ref_w, ref_l = self.mse_pairs(self.ref_unet, noisy, t2, cond, target)
+            else:
+                with self.adapter.disabled(self.unet):
+                    ref_w, ref_l = self.mse_pairs(self.unet, noisy, t2, cond, target)
         out = dpo_loss(model_w, model_l, ref_w, ref_l, self.hparams.beta)
         check_finite(out["loss"], "DPO", self.global_step)
         logs = {f"dpo/{k}": v for k, v in out.items()}
@@ -125,11 +134,15 @@ class DiffusionDPOModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.unet.train()
-        self.ref_unet.eval()
+        if self.ref_unet is not None:
+            self.ref_unet.eval()
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.adapter is not None:
+            groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
+        else:
+            groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad]}]
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .adapters import ADAPTER_FILE, Adapter, load_adapter_file, make_adapter, save_adapter
 from .backbones import Backbone, build_backbone
 from .concept import Concept, ConceptDataModule, load_concept_images
 from .dpo import DiffusionDPOModule, PairDataModule
@@ -114,27 +115,53 @@ def validate(cfg: DictConfig) -> None:
     if int(cfg.dpo.batch_size) % int(cfg.dpo.micro_batch_size):
         raise ConfigError(f"dpo.batch_size ({cfg.dpo.batch_size}) must be a multiple of dpo.micro_batch_size "
                           f"({cfg.dpo.micro_batch_size}).")
-    if cfg.method.name != "dreambooth":
-        raise ConfigError(f"method={cfg.method.name} is not implemented yet; use method=dreambooth.")
+    make_adapter(cfg.method)  # an unknown adapter kind fails here, before any work
 
 
 # ---- stages -----------------------------------------------------------------------------------------------
 
+def _restore(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device) -> bool:
+    """Load a finished stage's checkpoint into the UNet (an adapter is attached, loaded and fused)."""
+    if adapter.kind == "full":
+        if not _unet_done(ckpt):
+            return False
+        load_unet_into(backbone.unet, ckpt)
+    else:
+        if not (ckpt / ADAPTER_FILE).exists():
+            return False
+        adapter.attach(backbone.unet)
+        backbone.unet.to(device)
+        adapter.load_state_dict(backbone.unet, load_adapter_file(ckpt))
+        adapter.fuse(backbone.unet)
+    log.info("found %s, skipping training", ckpt)
+    return True
+
+
+def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device) -> None:
+    """Save what a stage trained (the UNet, or the adapter alone), fuse an adapter, and move back to `device`."""
+    if adapter.kind == "full":
+        save_unet(backbone.unet, ckpt)
+    else:
+        save_adapter(adapter, backbone.unet, ckpt)
+        adapter.fuse(backbone.unet)
+    backbone.to(device)
+
+
 def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path,
                 device: torch.device, callbacks: list | None = None) -> None:
-    if _unet_done(ckpt):
-        log.info("personalize: found %s, skipping training", ckpt)
-        load_unet_into(backbone.unet, ckpt)
-        return
     m = cfg.method
+    adapter = make_adapter(m)
+    if _restore(adapter, backbone, ckpt, device):
+        return
     dm = ConceptDataModule(concept, backbone.resolution, prompt_template=m.prompt, batch_size=int(m.batch_size),
                            repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed))
-    module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed))
+    adapter.attach(backbone.unet)
+    module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed),
+                              adapter=adapter if adapter.kind != "full" else None)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
     trainer.fit(module, datamodule=dm)
-    save_unet(backbone.unet, ckpt)
-    backbone.to(device)
+    _finish(adapter, backbone, ckpt, device)
 
 
 def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dict[str, np.ndarray]:
@@ -146,23 +173,23 @@ def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dic
 
 def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, loggers: list, ckpt: Path,
              step: int, device: torch.device) -> None:
-    if _unet_done(ckpt):
-        log.info("dpo step %d: found %s, skipping training", step, ckpt)
-        load_unet_into(backbone.unet, ckpt)
+    adapter = make_adapter(cfg.method)  # DPO trains what personalization trained: a fresh adapter on θ_{s−1}
+    if _restore(adapter, backbone, ckpt, device):
         return
     d = cfg.dpo
     accumulate = int(d.batch_size) // int(d.micro_batch_size)
     dm = PairDataModule(samples, pairs, micro_batch_size=int(d.micro_batch_size), seed=int(cfg.seed) + step)
-    module = DiffusionDPOModule(backbone, ref_unet=ref_unet, beta=float(d.beta), lr=float(d.lr),
+    adapter.attach(backbone.unet)
+    lr = float(d.lr) if adapter.kind == "full" else float(cfg.method.adapter.get("dpo_lr") or d.lr)
+    module = DiffusionDPOModule(backbone, ref_unet=ref_unet, beta=float(d.beta), lr=lr,
                                 weight_decay=float(d.weight_decay), warmup_steps=int(d.warmup_steps),
-                                seed=int(cfg.seed), outer_step=step)
+                                seed=int(cfg.seed), outer_step=step, adapter=adapter)
     L.seed_everything(int(cfg.seed) + step, workers=True, verbose=False)
     max_steps = int(d.max_steps) if d.get("max_steps") else -1
     trainer = make_trainer(cfg, loggers, max_epochs=int(d.epochs), max_steps=max_steps,
                            accumulate_grad_batches=accumulate)
     trainer.fit(module, datamodule=dm)
-    save_unet(backbone.unet, ckpt)
-    backbone.to(device)
+    _finish(adapter, backbone, ckpt, device)
 
 
 def is_world_concept(cfg: DictConfig) -> bool:
@@ -323,7 +350,9 @@ def run(cfg: DictConfig) -> dict:
         log_images(loggers, f"pairs/alpha_hist/step_{s}", [step_dir / "alpha_hist.png"])
         require_pairs(pairs, filt, step=s)
 
-        ref = initial if initial is not None else copy.deepcopy(backbone.unet).requires_grad_(False)
+        # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
+        ref = initial if initial is not None else (
+            copy.deepcopy(backbone.unet).requires_grad_(False) if make_adapter(cfg.method).kind == "full" else None)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = {}

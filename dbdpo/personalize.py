@@ -1,4 +1,5 @@
-"""Personalize: DreamBooth, a full fine-tune of the UNet on the concept photos.
+"""Personalize: DreamBooth on the concept photos — a full fine-tune of the UNet, or of an adapter in it
+(SVDiff spectral shifts, LoRA; see `adapters.py`).
 
 L(θ) = E_{x0, ε, t} ‖ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, c, t) − target‖²  with c = "a photo of sks <class>" and
 target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-prediction), as the backbone's scheduler says.
@@ -55,16 +56,19 @@ class PromptEmbeddings:
 
 
 class DreamBoothModule(L.LightningModule):
-    """Full-UNet DreamBooth fine-tune; the VAE and text encoder stay frozen."""
+    """DreamBooth fine-tune of the UNet (or of the adapter attached to it); the VAE and text encoder stay
+    frozen."""
 
-    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0):
+    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0, adapter=None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "adapter"])
         self.backbone = backbone
         self.unet = backbone.unet
         self.vae = backbone.vae.requires_grad_(False)
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
-        self.unet.requires_grad_(True)
+        self.adapter = adapter
+        if adapter is None:
+            self.unet.requires_grad_(True)
         self.noise_scheduler = backbone.noise_scheduler()
         self.embed = PromptEmbeddings(backbone)
 
@@ -87,8 +91,11 @@ class DreamBoothModule(L.LightningModule):
         self.unet.train()
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.adapter is not None:
+            groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
+        else:
+            groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad]}]
+        return torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 def n_steps(n_items: int, batch_size: int, epochs: float) -> int:

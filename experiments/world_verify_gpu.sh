@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run `python -m dbdpo.world verify` on a GPU box: each concept × seed unit is its own process (units are
-# independent and resumable), PARALLEL at a time, in the order given (the first concepts' seeds first).
+# independent and resumable), PARALLEL at a time, in the order given (the first concepts' seeds first), with a
+# deadline, and packs the small files that come back from a GPU box (`verify workers=16` runs the same units in
+# one process tree, without the deadline and the packing).
 # Usage: experiments/world_verify_gpu.sh OUT_DIR [key=value ...]   (extra keys go to every verify process)
 # Env: CONCEPTS / SEEDS (space-separated; default every shipped concept × 0 1 2), PARALLEL (default 16),
 #      DEADLINE_S (stop what still runs and collect what finished), RESULTS_DIR.

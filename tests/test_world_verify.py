@@ -141,12 +141,14 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
     # the photos were rendered from the outside config
     assert len(list((results / "runs" / "lab_heart" / "seed0" / "db" / "concept_photos").glob("*.png"))) == 4
 
-    # a rerun skips every finished unit and reproduces the report
+    # a rerun skips every finished unit and reproduces the report, with results_dir/notes.md as its Notes
+    (results / "notes.md").write_text("Tried: nothing else.\n")
     mtime = (results / "runs" / "lab_heart" / "seed0" / "unit.json").stat().st_mtime_ns
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (results / "runs" / "lab_heart" / "seed0" / "unit.json").stat().st_mtime_ns == mtime
     assert json.loads((results / "verify.json").read_text())["claims"] == out["claims"]
+    assert "## Notes\n\nTried: nothing else." in (results / "verify.md").read_text()
 
 
 def test_bootstrap_support_separates_robust_from_unsettled_verdicts():

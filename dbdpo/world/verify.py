@@ -142,10 +142,6 @@ def _unit_job(vcfg, concept: str, seed: int, search_path: list[str] | None) -> d
     return unit
 
 
-def _fmt(x: dict) -> str:
-    return f"{x['mean']:+.4f} ± {x['std']:.4f}"
-
-
 def write_report(results: dict, out_dir: Path) -> None:
     claims = results["claims"]
     lines = ["# Miniature-world verification of the DreamBoothDPO claims", "",
@@ -250,11 +246,14 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
         units = [done[key] for key in plan if key in done]
         results = {"claims": all_claims(units), "complete": len(units) == len(plan), "concepts": concepts,
                    "seeds": seeds, "settings": OmegaConf.to_container(vcfg, resolve=True), "units": units,
-                   "notes": vcfg.get("notes")}
+                   "notes": notes}
         write_json(out_dir / "verify.json", results)
         plot_pareto(results, out_dir / "pareto.png")
         write_report(results, out_dir)
 
+    # the report's Notes: `notes=...`, else results_dir/notes.md (what was tried, what the settings rest on)
+    notes = vcfg.get("notes") or ((out_dir / "notes.md").read_text().strip() if (out_dir / "notes.md").exists()
+                                  else None)
     todo = [key for key in plan if key not in done]
     workers = max(1, min(int(vcfg.get("workers") or 1), len(todo)))
     bar = tqdm(total=len(plan), initial=len(done), desc="verify units", disable=not vcfg.progress)
