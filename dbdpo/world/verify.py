@@ -68,6 +68,11 @@ def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[
     if all((evals[s] / "judge.json").exists() and (evals[s] / "eval.json").exists() for s in steps) \
             and _unet_done(ck[steps[-1]]):
         return [(s, {**read_json(evals[s] / "eval.json"), **read_json(evals[s] / "judge.json")}) for s in steps]
+    from ..adapters import make_adapter
+
+    if make_adapter(cfg.method).kind != "full":
+        raise ConfigError("verify's baseline curve is DreamBooth's full fine-tune: drop the method override "
+                          "(method=dreambooth) from train_overrides.")
     if not is_world_concept(cfg):
         raise ConfigError(f"verify needs miniature-world concepts (a `world:` block); {cfg.concept.name} has none.")
     u = prepare(cfg)
