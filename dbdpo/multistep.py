@@ -336,7 +336,8 @@ def run(cfg: DictConfig) -> dict:
         samples = generate(backbone, part, concept.holder, step_dir / "samples", int(cfg.generate.images_per_prompt),
                            seed=int(cfg.seed) * 1000 + s, batch_size=int(cfg.generate.batch_size),
                            prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
-                           progress=bool(cfg.progress), cache_dir=cfg.generate.get("cache_dir"))
+                           progress=bool(cfg.progress), cache_dir=cfg.generate.get("cache_dir"),
+                           guidance_scale=cfg.generate.get("guidance_scale"))
         scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
         pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)
         stats = pair_stats(pairs)

@@ -126,9 +126,14 @@ TINY = ["backbone=tiny", "concept=default", "method.max_steps=4", "prompts.n=8",
 @pytest.mark.parametrize("method", ["svdiff", "lora"])
 def test_train_with_an_adapter_saves_only_it_and_resumes_identically(method, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, f"method={method}", f"hydra.run.dir={tmp_path}"]
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, f"method={method}", f"hydra.run.dir={tmp_path}",
+            "generate.guidance_scale=4.5"]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the DPO samples use generate.guidance_scale, the evaluation the backbone's
+    assert json.loads((tmp_path / "step_1" / "samples" / "generation.json").read_text())["guidance_scale"] == 4.5
+    assert json.loads((tmp_path / "step_1" / "eval" / "samples" / "generation.json").read_text())[
+        "guidance_scale"] == 3.0
     for stage in ("personalize", "step_1", "step_2"):
         files = sorted(p.name for p in (tmp_path / "checkpoints" / stage).iterdir())
         assert files == ["adapter.safetensors"], (stage, files)
