@@ -49,6 +49,11 @@ class SpectralShift(nn.Module):
         return ((self.u * s) @ self.vh).reshape(self.shape).to(original.dtype)
 
 
+def _one_d(unet: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The 1-D weights (norm gains, biases) outside the parametrizations."""
+    return ((n, p) for n, p in unet.named_parameters() if p.ndim == 1 and "parametrizations" not in n)
+
+
 def _shifted(unet: nn.Module) -> Iterator[tuple[str, SpectralShift]]:
     for name, module in unet.named_modules():
         if parametrize.is_parametrized(module, "weight"):
@@ -98,13 +103,10 @@ class SVDiff(Adapter):
         for _, p in _shifted(unet):
             p.delta.requires_grad_(True)
 
-    def one_d(self, unet: nn.Module) -> list[nn.Parameter]:
-        return [p for n, p in unet.named_parameters() if p.ndim == 1 and "parametrizations" not in n]
-
     def param_groups(self, unet: nn.Module, lr: float, personalize: bool) -> list[dict]:
         groups = [{"params": [p.delta for _, p in _shifted(unet)], "lr": lr}]
         if personalize and self.lr_1d > 0:  # DPO trains δ alone, so that δ = 0 is exactly its reference
-            ones = self.one_d(unet)
+            ones = [p for _, p in _one_d(unet)]
             for p in ones:
                 p.requires_grad_(True)
             groups.append({"params": ones, "lr": self.lr_1d})
@@ -123,8 +125,7 @@ class SVDiff(Adapter):
 
     def state_dict(self, unet: nn.Module) -> dict[str, torch.Tensor]:
         state = {f"{name}.delta": p.delta.detach().cpu().contiguous() for name, p in _shifted(unet)}
-        state.update({f"one_d.{n}": p.detach().cpu().contiguous() for n, p in unet.named_parameters()
-                      if p.ndim == 1 and "parametrizations" not in n})
+        state.update({f"one_d.{n}": p.detach().cpu().contiguous() for n, p in _one_d(unet)})
         return state
 
     def load_state_dict(self, unet: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -188,8 +189,8 @@ class LoRA(Adapter):
 
 def make_adapter(cfg) -> Adapter:
     """The adapter a `method` config (or its `adapter` block) names."""
-    kind = (cfg.get("adapter") or {}).get("kind", "full") if cfg is not None else "full"
-    a = (cfg.get("adapter") or {}) if cfg is not None else {}
+    a = (cfg.get("adapter") if cfg is not None else None) or {}
+    kind = a.get("kind", "full")
     if kind == "full":
         return Adapter()
     if kind == "svdiff":

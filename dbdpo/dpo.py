@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .adapters import Adapter
 from .personalize import PromptEmbeddings, check_finite, diffusion_target, step_generator
 
 
@@ -89,9 +90,12 @@ class DiffusionDPOModule(L.LightningModule):
         self.backbone = backbone
         # With an adapter attached (SVDiff, LoRA) only it trains, and without `ref_unet` the reference is the same
         # network with the adapter disabled; otherwise the whole UNet trains against a frozen copy.
-        self.adapter = adapter if adapter is not None and adapter.kind != "full" else None
-        self.unet = backbone.unet if self.adapter is not None else backbone.unet.requires_grad_(True)
-        if ref_unet is None and self.adapter is None:
+        if adapter is None:  # a full fine-tune; an adapter passed in is already attached
+            adapter = Adapter()
+            adapter.attach(backbone.unet)
+        self.adapter = adapter
+        self.unet = backbone.unet
+        if ref_unet is None and adapter.kind == "full":
             ref_unet = copy.deepcopy(self.unet)
         self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
@@ -138,10 +142,7 @@ class DiffusionDPOModule(L.LightningModule):
             self.ref_unet.eval()
 
     def configure_optimizers(self):
-        if self.adapter is not None:
-            groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
-        else:
-            groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad]}]
+        groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
         opt = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

@@ -157,7 +157,7 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
                            repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed))
     adapter.attach(backbone.unet)
     module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed),
-                              adapter=adapter if adapter.kind != "full" else None)
+                              adapter=adapter)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
     trainer.fit(module, datamodule=dm)
@@ -328,6 +328,7 @@ def run(cfg: DictConfig) -> dict:
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
     initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.dpo.reference == "initial" else None
+    full_finetune = make_adapter(cfg.method).kind == "full"
 
     for s in range(1, S + 1):
         step_dir = run_dir / f"step_{s}"
@@ -353,7 +354,7 @@ def run(cfg: DictConfig) -> dict:
 
         # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
         ref = initial if initial is not None else (
-            copy.deepcopy(backbone.unet).requires_grad_(False) if make_adapter(cfg.method).kind == "full" else None)
+            copy.deepcopy(backbone.unet).requires_grad_(False) if full_finetune else None)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = {}

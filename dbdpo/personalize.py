@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from .adapters import Adapter
 from .errors import DbdpoError
 
 
@@ -66,9 +67,10 @@ class DreamBoothModule(L.LightningModule):
         self.unet = backbone.unet
         self.vae = backbone.vae.requires_grad_(False)
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
+        if adapter is None:  # a full fine-tune; an adapter passed in is already attached
+            adapter = Adapter()
+            adapter.attach(self.unet)
         self.adapter = adapter
-        if adapter is None:
-            self.unet.requires_grad_(True)
         self.noise_scheduler = backbone.noise_scheduler()
         self.embed = PromptEmbeddings(backbone)
 
@@ -91,10 +93,7 @@ class DreamBoothModule(L.LightningModule):
         self.unet.train()
 
     def configure_optimizers(self):
-        if self.adapter is not None:
-            groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
-        else:
-            groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad]}]
+        groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
         return torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 

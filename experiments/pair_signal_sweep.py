@@ -25,17 +25,9 @@ from dbdpo.world.judge import look_labels, oracle_scores
 from dbdpo.world.concepts import parse_world_concept
 from dbdpo.world.oracle import load_oracle, predict
 from dbdpo.world.verify import compose_train
+from pair_labels_vs_oracle import agreement  # this folder is on sys.path when the script runs
 
 DEFAULT = ["400:3:8", "400:1.5:8", "400:7.5:8", "200:3:8", "400:3:16"]
-
-
-def separated(truth: np.ndarray, pidx: np.ndarray) -> float:
-    sep = tot = 0
-    for p in np.unique(pidx):
-        t = truth[pidx == p]
-        a, b = np.triu_indices(len(t), 1)
-        sep, tot = sep + int((t[a] != t[b]).sum()), tot + len(a)
-    return sep / max(tot, 1)
 
 
 def main(unit_dir: str, out_dir: str, settings: list[str]) -> None:
@@ -71,7 +63,8 @@ def main(unit_dir: str, out_dir: str, settings: list[str]) -> None:
             pairs = build_pairs(scores["ts"], scores["is"], pidx, filt)
             df = follow[pairs.winner] - follow[pairs.loser]
             cells.append(f"{np.mean(df > 0):.3f} / {np.mean(df < 0):.3f} (of {len(df)})")
-        print(f"| {step} | {guidance} | {m} | {separated(follow, pidx):.3f} | {separated(ident, pidx):.3f} | "
+        sep_prompt, sep_identity = agreement(scores["ts"], follow, pidx)[0], agreement(scores["is"], ident, pidx)[0]
+        print(f"| {step} | {guidance} | {m} | {sep_prompt:.3f} | {sep_identity:.3f} | "
               + " | ".join(cells) + " |", flush=True)
 
 

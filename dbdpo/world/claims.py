@@ -176,9 +176,12 @@ def bootstrap_support(units: list[dict], judge: str = "evaluator", n: int = 2000
     concept, so runs of one concept are not counted as independent evidence. ≥ 0.95: the verdict "holds" is
     unlikely to be an accident of which concepts and seeds were run; ≤ 0.05: likewise for "does not hold".
     """
-    figs = _stack(units, judge)
-    concepts = np.array([u["concept"] for u in units])
-    names = sorted(set(concepts))
+    return _support(_stack(units, judge), [u["concept"] for u in units], n, seed)
+
+
+def _support(figs: dict[str, np.ndarray], concept_list: Sequence[str], n: int, seed: int) -> dict[str, float]:
+    concepts = np.asarray(concept_list)
+    names = sorted(set(concept_list))
     members = {c: np.flatnonzero(concepts == c) for c in names}
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
@@ -186,14 +189,16 @@ def bootstrap_support(units: list[dict], judge: str = "evaluator", n: int = 2000
         idx = np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))])
         for name, c in aggregate({k: v[idx] for k, v in figs.items()}, concepts[idx].tolist()).items():
             counts[name] = counts.get(name, 0) + int(c["holds"])
-    return {name: counts.get(name, 0) / n for name in aggregate(figs, concepts.tolist())}
+    return {name: count / n for name, count in counts.items()}
 
 
 def all_claims(units: list[dict], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
     """Claims 1–6 by the evaluator, each with the oracle's verdict beside it (and the bootstrap support of both
     verdicts), and claim 7."""
-    ev, orc = claims_for(units, "evaluator"), claims_for(units, "oracle")
-    support = {j: bootstrap_support(units, j, n=n_boot) for j in JUDGES}
+    concepts = [u["concept"] for u in units]
+    figs = {j: _stack(units, j) for j in JUDGES}
+    ev, orc = aggregate(figs["evaluator"], concepts), aggregate(figs["oracle"], concepts)
+    support = {j: _support(figs[j], concepts, n_boot, seed=0) for j in JUDGES}
     out = {}
     agree = []
     for name, c in ev.items():
