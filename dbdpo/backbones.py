@@ -138,19 +138,23 @@ def load_pipeline(kind: str, pretrained: str, torch_dtype: torch.dtype = torch.f
     return pipe
 
 
-def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """Last hidden state of the text encoder, as `StableDiffusionPipeline.encode_prompt` computes it.
+def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(N, context) token ids padded to the tokenizer's full context, as the pipelines tokenize prompts.
 
-    Prompts longer than the tokenizer's context are truncated (one warning per call).
-    """
+    Prompts longer than the context are truncated (one warning per call)."""
     max_len = tokenizer.model_max_length
     ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
     long = [p for p in prompts if len(tokenizer(p).input_ids) > max_len]
     if long:
         warnings.warn(f"{len(long)} prompt(s) longer than the text encoder's {max_len} tokens were truncated, "
-                      f"e.g. {long[0][:60]!r}...", stacklevel=2)
+                      f"e.g. {long[0][:60]!r}...", stacklevel=3)
+    return ids
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Last hidden state of the text encoder, as `StableDiffusionPipeline.encode_prompt` computes it."""
     device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device))[0]
+    return text_encoder(token_ids(tokenizer, prompts).to(device))[0]
 
 
 @dataclass

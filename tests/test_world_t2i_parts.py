@@ -86,7 +86,7 @@ def test_vae_weights_object_pixels():
     keep = np.flatnonzero(scenes.style == 0)  # flat style: everything off the object is the bare background
     b = make_batch(scenes[keep], rng)
     module = VAEModule(build_world_vae(channels=(8, 16)), object_weight=9.0)
-    w = module.pixel_weights(b["pixels"], b["labels"]["background"])
+    w = module.pixel_weights(b["pixels"], b["labels"])
     assert w.shape == (len(keep), 1, 32, 32) and set(torch.unique(w).tolist()) <= {1.0, 10.0}
     share = (w == 10.0).float().mean(dim=(1, 2, 3))
     assert bool((share > 0.01).all()) and bool((share < 0.7).all())  # every object found, never the whole frame
@@ -111,3 +111,55 @@ def test_shipped_world_model_places_and_shapes_objects_by_the_prompt():
                           guidance=3.0)
     for attr in ("position", "background", "shape"):
         assert recorded[attr] >= 0.9 and acc[attr] >= 0.8, (attr, acc[attr])
+
+
+def test_object_mask_finds_the_object_in_every_style():
+    """Sketch and grainy restyle the whole frame; the mask compares with the bare background in that style."""
+    from dbdpo.world.attributes import STYLES, sample_scenes
+    from dbdpo.world.data import make_batch
+    from dbdpo.world.t2i import object_mask
+
+    b = make_batch(sample_scenes(256, np.random.default_rng(3)), np.random.default_rng(3))
+    share = object_mask(b["pixels"], b["labels"]).mean(dim=(1, 2, 3))
+    for k, style in enumerate(STYLES):
+        s = share[b["labels"]["style"] == k]
+        assert len(s) and bool((s > 0.01).all()) and bool((s < 0.7).all()), (style, s.min(), s.max())
+
+
+def test_object_weighted_mean():
+    from dbdpo.world.t2i import object_weighted_mean
+
+    err = torch.ones(2, 4, 2, 2)
+    mask = torch.zeros(2, 1, 2, 2)
+    mask[0, 0, 0, 0] = 1
+    # uniform error: the weighting changes nothing (per-image normalisation)
+    assert torch.isclose(object_weighted_mean(err, mask, 9.0), torch.tensor(1.0))
+    err2 = torch.zeros(2, 4, 2, 2)
+    err2[0, :, 0, 0] = 1.0  # error only on image 0's object pixel
+    assert torch.isclose(object_weighted_mean(err2, mask, 9.0), torch.tensor(0.5 * 10 / 13))
+    assert torch.isclose(object_weighted_mean(err2, mask, 0.0), err2.mean())
+    err3 = torch.zeros(2, 4, 2, 2)
+    err3[0, :, 1, 1] = 1.0  # the same error on the background counts 10× less
+    assert torch.isclose(object_weighted_mean(err3, mask, 9.0) * 10, object_weighted_mean(err2, mask, 9.0))
+
+
+def test_t2i_object_weight_changes_the_loss_not_the_rest():
+    from diffusers import AutoencoderKL
+
+    from dbdpo.world.t2i import T2IModule, build_world_text_encoder, build_world_unet, build_world_vae
+
+    torch.set_num_threads(1)
+    b = RenderedBatches(4, seed=2).batch(0)
+    vae = build_world_vae(channels=(8, 16))
+    vae.register_to_config(scaling_factor=1.0)
+
+    def loss(weight):
+        m = T2IModule(AutoencoderKL.from_config(vae.config), build_world_text_encoder(width=32, layers=1),
+                      build_world_unet(channels=(16, 32), attention=(False, True), cross_attention_dim=32),
+                      object_weight=weight, seed=0)
+        m.vae.load_state_dict(vae.state_dict())
+        return m.training_step(b, 0)
+
+    plain, weighted, again = loss(0.0), loss(9.0), loss(9.0)
+    assert torch.isfinite(weighted) and not torch.isclose(plain, weighted)
+    assert torch.equal(weighted, again)

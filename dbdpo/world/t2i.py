@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ..backbones import clip_tokenizer, encode_text
+from ..backbones import clip_tokenizer, encode_text, token_ids
 from ..personalize import diffusion_target, step_generator
 
 
@@ -93,8 +93,7 @@ class TextCLIPModule(L.LightningModule):
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(v) + 1) for k, v in ATTRIBUTES.items()})
 
     def ids(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return token_ids(self.tokenizer, captions).to(self.device)
 
     def attribute_logits(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: h(state) for k, h in self.heads.items()}
@@ -220,16 +219,9 @@ class VAEModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["vae"])
         self.vae = vae
-        self._bare: torch.Tensor | None = None
 
-    def pixel_weights(self, x: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-        from .data import to_pixels
-        from .render import backgrounds
-
-        if self._bare is None or self._bare.shape[-1] != x.shape[-1]:
-            self._bare = to_pixels(backgrounds(x.shape[-1]).round().clip(0, 255).astype("uint8")).to(x.device)
-        differs = ((x - self._bare[background.to(x.device)]).abs().amax(1, keepdim=True) > 0.15).to(x.dtype)
-        return 1.0 + self.hparams.object_weight * differs
+    def pixel_weights(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        return 1.0 + self.hparams.object_weight * object_mask(x, labels)
 
     def training_step(self, batch, batch_idx):
         x = batch["pixels"]
@@ -239,7 +231,7 @@ class VAEModule(L.LightningModule):
         rec = self.vae.decode(z).sample
         mse = F.mse_loss(rec, x)
         if self.hparams.object_weight > 0:
-            w = self.pixel_weights(x, batch["labels"]["background"])
+            w = self.pixel_weights(x, batch["labels"])
             rec_loss = ((rec - x) ** 2 * w).sum() / (w.sum() * x.shape[1])
         else:
             rec_loss = mse
@@ -251,6 +243,37 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.vae.parameters(), lr=self.hparams.lr, weight_decay=0.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine(opt, self.hparams.steps), "interval": "step"}}
+
+
+_BARE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def object_mask(x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 1, H, W) 1.0 where the render `x` differs from what its background alone would look like in its
+    style (the object, its accessory and overlay), else 0.0."""
+    from .attributes import STYLES
+    from .data import to_pixels
+    from .render import BACKGROUNDS, GRAIN_AMPLITUDE, SKETCH_PAPER, SKETCH_WASH, backgrounds, grain
+
+    size = x.shape[-1]
+    key = (size, str(x.device))
+    if key not in _BARE:  # (background, style) -> the bare render, as the renderer styles the whole image
+        import numpy as np
+
+        bare = backgrounds(size)[:, None].repeat(len(STYLES), 1)
+        bare[:, STYLES.index("sketch")] = bare[:, STYLES.index("sketch")] * (1 - SKETCH_WASH) + SKETCH_PAPER * SKETCH_WASH
+        bare[:, STYLES.index("grainy")] += GRAIN_AMPLITUDE * grain(size)[None, :, :, None]
+        bare = np.clip(bare + 0.5, 0, 255).astype("uint8").reshape(len(BACKGROUNDS) * len(STYLES), size, size, 3)
+        _BARE[key] = to_pixels(bare).to(x.device)
+    ref = _BARE[key][(labels["background"] * len(STYLES) + labels["style"]).to(x.device)]
+    return ((x - ref).abs().amax(1, keepdim=True) > 0.15).to(x.dtype)
+
+
+def object_weighted_mean(err: torch.Tensor, mask: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """mean_n Σ_{c,p} w_np e_ncp / (C Σ_p w_np) with w = 1 + object_weight · mask: per image, an error on the
+    object counts (1 + object_weight)× one on the background, and every image weighs the same."""
+    w = 1.0 + object_weight * mask.to(err.dtype)
+    return ((err * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * err.shape[1])).mean()
 
 
 def cosine(opt, steps: int, warmup: int = 100):
@@ -272,10 +295,19 @@ def latent_scale(vae, batches) -> float:
 # ---- UNet + text encoder ----------------------------------------------------------------------------------
 
 class T2IModule(L.LightningModule):
-    """Latent v-prediction diffusion with a jointly trained text encoder, CFG caption dropout and EMA."""
+    """Latent v-prediction diffusion with CFG caption dropout and EMA (text encoder frozen or trained jointly):
+
+    L = E_n [ Σ_p w_np ‖v_θ(z_t, c, t) − v‖²_p / (C Σ_p w_np) ],  w_np = 1 + w_obj · [latent pixel p of image n
+    covers the object],
+
+    the object mask being the render's pixels that differ from the bare background, max-pooled to the latent
+    grid. Normalised per image, so images with large and small objects weigh the same. With w_obj = 0 this is
+    the plain MSE: the object is a few percent of the latent pixels, and the plain loss barely sees a wrong hue
+    or pattern on it."""
 
     def __init__(self, vae, text_encoder, unet, lr: float = 5e-4, steps: int = 1000, cfg_dropout: float = 0.1,
-                 ema_decay: float = 0.999, seed: int = 0, train_text_encoder: bool = True):
+                 ema_decay: float = 0.999, seed: int = 0, train_text_encoder: bool = True,
+                 object_weight: float = 0.0):
         super().__init__()
         from diffusers.training_utils import EMAModel
 
@@ -304,7 +336,13 @@ class T2IModule(L.LightningModule):
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (z.shape[0],), generator=g).to(z.device)
         noisy = self.noise_scheduler.add_noise(z, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, z, noise, t).float())
+        err = (pred.float() - diffusion_target(self.noise_scheduler, z, noise, t).float()) ** 2
+        if self.hparams.object_weight > 0:
+            mask = F.adaptive_max_pool2d(object_mask(x, batch["labels"]), z.shape[-2:])
+            loss = object_weighted_mean(err, mask, self.hparams.object_weight)
+            self.log("world/t2i/mse", err.mean())
+        else:
+            loss = err.mean()
         self.log("world/t2i/loss", loss, prog_bar=True)
         return loss
 
@@ -473,7 +511,7 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
               attention: tuple[bool, ...] = (False, True, True), text_width: int = 64, text_layers: int = 2,
               layers_per_block: int = 1, progress: bool = True, every: int = 250, workers: int = 0,
               curve: QualityCurve | None = None, text_encoder=None, init_unet: str | os.PathLike | None = None,
-              **trainer_kw: Any):
+              object_weight: float = 0.0, **trainer_kw: Any):
     """UNet (and, without a pretrained `text_encoder`, a text encoder from scratch trained jointly with it);
     `init_unet`: a saved UNet folder to start from instead of random weights (same architecture)."""
     from .data import WorldData
@@ -497,7 +535,7 @@ def train_t2i(vae, steps: int, batch_size: int, lr: float, seed: int, size: int,
             raise ConfigError(f"t2i.init_from: the UNet in {init_unet} does not match t2i.channels / attention / "
                              f"layers_per_block; set them as in its config.json ({e.args[0].splitlines()[0]})") from e
     module = T2IModule(vae, text_encoder, unet, lr=lr, steps=steps, cfg_dropout=cfg_dropout,
-                       ema_decay=ema_decay, seed=seed, train_text_encoder=joint)
+                       ema_decay=ema_decay, seed=seed, train_text_encoder=joint, object_weight=object_weight)
     data = WorldData(batch_size, seed=seed + 200, split="pretrain", size=size, steps=steps, with_captions=True,
                      workers=workers)
     kw = {"enable_progress_bar": progress, **trainer_kw}
