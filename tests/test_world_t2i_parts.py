@@ -163,3 +163,29 @@ def test_t2i_object_weight_changes_the_loss_not_the_rest():
     plain, weighted, again = loss(0.0), loss(9.0), loss(9.0)
     assert torch.isfinite(weighted) and not torch.isclose(plain, weighted)
     assert torch.equal(weighted, again)
+
+
+def test_text_time_embedding_starts_as_the_plain_unet_and_round_trips(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from dbdpo.world.t2i import build_world_unet
+
+    torch.set_num_threads(1)
+    kw = dict(sample_size=8, channels=(16, 32), attention=(False, True), cross_attention_dim=32)
+    plain, tt = build_world_unet(**kw), build_world_unet(**kw, text_time=True)
+    missing, unexpected = tt.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("add_embedding.") for k in missing)
+    z, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(z, t, cond).sample, tt(z, t, cond).sample, atol=1e-6)
+    loss = tt(z, t, cond).sample.square().mean()
+    loss.backward()
+    assert tt.add_embedding.norm2.weight.grad.abs().sum() > 0  # it can learn away from zero
+    with torch.no_grad():
+        tt.add_embedding.norm2.weight.fill_(1.0)
+        out = tt(z, t, cond).sample
+        assert not torch.allclose(out, plain(z, t, cond).sample, atol=1e-4)  # the prompt summary now matters
+        tt.save_pretrained(tmp_path / "unet", safe_serialization=True)
+        back = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+        assert back.config.addition_embed_type == "text"
+        assert torch.allclose(back(z, t, cond).sample, out, atol=1e-6)

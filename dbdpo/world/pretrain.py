@@ -203,7 +203,8 @@ def pretrain(cfg: DictConfig) -> dict:
                 text_layers=t.text_layers, layers_per_block=t.layers_per_block, progress=progress,
                 every=int(cfg.checkpoint_every), workers=workers, curve=curve, text_encoder=text_encoder,
                 init_unet=(Path(init_from) / "unet") if init_from else None,
-                object_weight=float(t.get("object_weight") or 0), **trainer_kw))
+                object_weight=float(t.get("object_weight") or 0), text_time=bool(t.get("text_time", False)),
+                **trainer_kw))
             save_pipeline(pipe, pipe_dir, half=bool(cfg.half_precision_weights))
     if "quality" in stages and pipe_dir.exists() and (out_dir / "oracle.safetensors").exists() \
             and "t2i_oracle_accuracy" not in {**_read_state(state_file)["quality"], **state["quality"]}:
