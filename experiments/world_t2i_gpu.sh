@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the world's text-to-image pipeline (text encoder, VAE, T2I) on one GPU box, keeping the shipped judges
-# (oracle, scorer, evaluator: they meet their bars). Beside the shipped run, an ablation trains the same T2I on a
-# text encoder without the attribute heads (text.attribute_weight=0) and the shipped run's VAE, so the effect of
-# the heads is measured at equal T2I compute.
+# (oracle, scorer, evaluator: they meet their bars). Beside the shipped run, an ablation arm trains a second T2I on
+# the shipped run's text encoder and VAE with the overrides in ABLATE_ARGS (default: a wider 16×16 level,
+# t2i.channels=[64,64,128]), so one T2I change is measured at equal compute.
 # Usage: experiments/world_t2i_gpu.sh OUT_DIR [tiny] [key=value ...]   (tiny: a few CPU steps, to test this script)
 # Env: DEADLINE_S stops everything still training (stages are resumable); ABLATE=0 skips the ablation.
 # Writes under OUT_DIR: ship.tar.part-* (the new out_dir), curves.tar.gz (curves, state, logs), summary.txt
@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 RUNS=${RUNS_DIR:-/tmp/world_t2i_runs}
 DEADLINE=${DEADLINE_S:-100000}
 ABLATE=${ABLATE:-1}
+read -r -a ABLATE_OVERRIDES <<< "${ABLATE_ARGS:-t2i.channels=[64,64,128]}"
 SRC=dbdpo/assets/world
 rm -rf "$RUNS"; mkdir -p "$RUNS/ship/out" "$RUNS/ship/work" "$RUNS/ablate/out" "$RUNS/ablate/work" "$OUT"
 for f in oracle scorer evaluator; do cp "$SRC/$f.safetensors" "$SRC/$f.json" "$RUNS/ship/out/"; done
@@ -37,7 +38,7 @@ COMMON+=("$@")
 pre() { local name=$1; shift; (PYTHONUNBUFFERED=1 $PY -m dbdpo.world pretrain "${COMMON[@]}" "$@" \
   > "$RUNS/$name.log" 2>&1; echo "$name exit $?" >> "$RUNS/exits.txt") & }
 ship=(out_dir=$RUNS/ship/out work_dir=$RUNS/ship/work)
-abl=(out_dir=$RUNS/ablate/out work_dir=$RUNS/ablate/work text.attribute_weight=0)
+abl=(out_dir=$RUNS/ablate/out work_dir=$RUNS/ablate/work "${ABLATE_OVERRIDES[@]}")
 alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 left() { [ $(( $(date +%s) - t0 )) -lt "$DEADLINE" ]; }
 t0=$(date +%s)
@@ -47,14 +48,11 @@ save_curves() { (cd "$RUNS" && tar czf "$OUT/.curves.tmp" *.log exits.txt gpu.cs
 (while sleep 20; do save_curves; done) & SAVER=$!
 pre ship_text "${ship[@]}" 'stages=[text]'; P1=$!
 pre ship_vae "${ship[@]}" 'stages=[vae]'; P2=$!
-P3=0
-[ "$ABLATE" = 1 ] && { pre abl_text "${abl[@]}" 'stages=[text]'; P3=$!; }
 while left && alive $P1 $P2; do sleep 1; done
 pre ship_t2i "${ship[@]}" 'stages=[t2i]' "${CURVE[@]}"; P4=$!
 P5=0
-if [ "$ABLATE" = 1 ]; then
-  while left && alive $P3; do sleep 1; done
-  cp -r "$RUNS/ship/work/vae_final" "$RUNS/ablate/work/" 2>/dev/null
+if [ "$ABLATE" = 1 ]; then  # same text encoder and VAE: only the overrides differ
+  cp -r "$RUNS/ship/work/text_final" "$RUNS/ship/work/vae_final" "$RUNS/ablate/work/" 2>/dev/null
   pre abl_t2i "${abl[@]}" 'stages=[t2i,quality]' "${CURVE[@]}"; P5=$!
 fi
 while left && alive $P4; do sleep 1; done
