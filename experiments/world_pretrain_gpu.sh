@@ -44,7 +44,7 @@ pre wide out_dir=$RUNS/wide/out work_dir=$RUNS/wide/work 'stages=[vae,t2i]' 't2i
   't2i.attention=[false,true,true]' "${CURVE[@]}"; P6=$!
 pre judges out_dir=$RUNS/judges/out work_dir=$RUNS/judges/work 'stages=[oracle,scorer,evaluator]' "${JUDGE[@]}"; P7=$!
 fi
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 > "$RUNS/gpu.csv" 2>/dev/null &
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 > "$RUNS/gpu.csv" 2>/dev/null & SMI=$!
 save_curves() { (cd "$RUNS" && tar czf "$OUT/.curves.tmp" *.log exits.txt */work/state.json */work/t2i_curve.jsonl \
   2>/dev/null; mv -f "$OUT/.curves.tmp" "$OUT/curves.tar.gz"); }
 (while sleep 30; do save_curves; done) & SAVER=$!   # if the command is cut off, the latest curves still come back
@@ -57,8 +57,8 @@ pre ship_final "${ship[@]}" 'stages=[quality,manifest]'; wait $!
 echo "shipped run done in $(( $(date +%s) - t0 )) s" | tee -a "$RUNS/summary.txt"
 while [ "$COMPARE" = 1 ] && [ $(( $(date +%s) - t0 )) -lt "$DEADLINE" ] && { kill -0 $P5 || kill -0 $P6 || kill -0 $P7; } 2>/dev/null; do
   sleep 2; done
-pkill -f "dbdpo.world pretrain" 2>/dev/null; sleep 2
-kill $SAVER 2>/dev/null; pkill nvidia-smi 2>/dev/null
+pkill -f "work_dir=$RUNS/" 2>/dev/null; sleep 2   # only this script's runs
+kill $SAVER 2>/dev/null; kill "$SMI" 2>/dev/null
 echo "all done in $(( $(date +%s) - t0 )) s" | tee -a "$RUNS/summary.txt"
 { cat "$RUNS/exits.txt"; for d in ship long wide judges; do echo "== $d"; cat "$RUNS/$d/work/state.json" 2>/dev/null;
   echo; cat "$RUNS/$d/work/t2i_curve.jsonl" 2>/dev/null; done; } >> "$RUNS/summary.txt"

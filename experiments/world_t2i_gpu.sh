@@ -42,7 +42,7 @@ abl=(out_dir=$RUNS/ablate/out work_dir=$RUNS/ablate/work "${ABLATE_OVERRIDES[@]}
 alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 left() { [ $(( $(date +%s) - t0 )) -lt "$DEADLINE" ]; }
 t0=$(date +%s)
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 20 > "$RUNS/gpu.csv" 2>/dev/null &
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 20 > "$RUNS/gpu.csv" 2>/dev/null & SMI=$!
 save_curves() { (cd "$RUNS" && tar czf "$OUT/.curves.tmp" *.log exits.txt gpu.csv */work/state.json \
   */work/t2i_curve.jsonl 2>/dev/null; mv -f "$OUT/.curves.tmp" "$OUT/curves.tar.gz"); }
 (while sleep 20; do save_curves; done) & SAVER=$!
@@ -59,8 +59,8 @@ while left && alive $P4; do sleep 1; done
 echo "shipped T2I trained at $(( $(date +%s) - t0 )) s" >> "$RUNS/summary.txt"
 pre ship_final "${ship[@]}" 'stages=[quality,manifest]'; P6=$!
 while left && alive $P5 $P6; do sleep 1; done
-pkill -f "dbdpo.world pretrain" 2>/dev/null; sleep 1
-kill $SAVER 2>/dev/null; pkill nvidia-smi 2>/dev/null
+pkill -f "work_dir=$RUNS/" 2>/dev/null; sleep 1   # only this script's runs
+kill $SAVER 2>/dev/null; kill "$SMI" 2>/dev/null
 echo "all done in $(( $(date +%s) - t0 )) s" >> "$RUNS/summary.txt"
 { cat "$RUNS/exits.txt"; for d in ship ablate; do echo "== $d"; cat "$RUNS/$d/work/state.json" 2>/dev/null; echo
   cat "$RUNS/$d/work/t2i_curve.jsonl" 2>/dev/null; done; } >> "$RUNS/summary.txt"

@@ -18,7 +18,7 @@ SEEDS=${SEEDS:-0 1 2}
 CONCEPTS=${CONCEPTS:-$($PY -c 'from dbdpo.world.concepts import shipped_concepts; print(*shipped_concepts())')}
 mkdir -p "$OUT" "$RES/logs"
 t0=$(date +%s)
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 15 > "$RES/logs/gpu.csv" 2>/dev/null &
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 15 > "$RES/logs/gpu.csv" 2>/dev/null & SMI=$!
 unit() {  # concept seed
   local s0; s0=$(date +%s)
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 $PY -m dbdpo.world verify "concepts=[$1]" "seeds=[$2]" "results_dir=$RES" \
@@ -33,7 +33,8 @@ for c in $CONCEPTS; do for s in $SEEDS; do
 done; done
 while [ $(( $(date +%s) - t0 )) -lt "$DEADLINE" ] && [ -n "$(for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && echo x; done)" ]; do
   sleep 2; done
-pkill -f "dbdpo.world verify" 2>/dev/null; pkill nvidia-smi 2>/dev/null; sleep 1
+pkill -f "results_dir=$RES" 2>/dev/null;   # only this script's units
+kill "$SMI" 2>/dev/null; sleep 1
 { echo "verify units in $(( $(date +%s) - t0 )) s, PARALLEL=$PAR"; sort "$RES/logs/units.txt" 2>/dev/null
   echo "finished: $(ls "$RES"/runs/*/seed*/unit.json 2>/dev/null | wc -l)"; } > "$OUT/summary.txt"
 (cd "$RES" && tar czf "$OUT/units.tar.gz" logs $(ls runs/*/seed*/unit.json 2>/dev/null))  # grids stay behind: 16 MiB per file comes back
