@@ -218,11 +218,10 @@ def assemble_pipeline(vae, text_encoder, unet):
 # ---- VAE --------------------------------------------------------------------------------------------------
 
 class VAEModule(L.LightningModule):
-    """L = Σ w ⊙ (D(z) − x)² / Σ w + w_KL · KL(q(z|x) ‖ N(0, I)),  z ~ q(z|x),  w = 1 + w_obj · [x differs from
-    its bare background].
+    """L = Σ w ⊙ (D(z) − x)² / Σ w + w_KL · KL(q(z|x) ‖ N(0, I)),  z ~ q(z|x),  w = 1 + w_obj · `object_mask`(x).
 
-    The object covers a few percent of the pixels but carries pattern and colours; with plain MSE the VAE spent
-    its capacity on background texture (measured: the oracle read colour2 in 72 % of reconstructions)."""
+    The object covers a fifth to a third of the scene but carries pattern and colours; with plain MSE the VAE
+    spent its capacity on background texture (measured: the oracle read colour2 in 72 % of reconstructions)."""
 
     def __init__(self, vae, lr: float = 1e-3, kl_weight: float = 1e-4, steps: int = 1000, seed: int = 0,
                  object_weight: float = 0.0):
@@ -310,10 +309,10 @@ class T2IModule(L.LightningModule):
     L = E_n [ Σ_p w_np ‖v_θ(z_t, c, t) − v‖²_p / (C Σ_p w_np) ],  w_np = 1 + w_obj · [latent pixel p of image n
     covers the object],
 
-    the object mask being the render's pixels that differ from the bare background, max-pooled to the latent
-    grid. Normalised per image, so images with large and small objects weigh the same. With w_obj = 0 this is
-    the plain MSE: the object is a few percent of the latent pixels, and the plain loss barely sees a wrong hue
-    or pattern on it."""
+    the object mask (`object_mask`) max-pooled to the latent grid. Normalised per image, so images with large and
+    small objects weigh the same. With w_obj = 0 this is the plain MSE, in which a wrong hue or pattern on the
+    object (a fifth to a third of the scene) costs little beside the background's texture; measured by
+    continuation from the shipped weights, w_obj = 9 lifted the oracle's pattern accuracy ~.10 over w_obj = 0."""
 
     def __init__(self, vae, text_encoder, unet, lr: float = 5e-4, steps: int = 1000, cfg_dropout: float = 0.1,
                  ema_decay: float = 0.999, seed: int = 0, train_text_encoder: bool = True,
