@@ -212,6 +212,25 @@ def grain(size: int) -> np.ndarray:
     return tile[i[:, None], i[None, :]].astype(np.float32)
 
 
+def _wash(img: np.ndarray) -> np.ndarray:
+    """The sketch style's whole-frame wash toward paper."""
+    return img * (1 - SKETCH_WASH) + SKETCH_PAPER * SKETCH_WASH
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def bare_scenes(size: int) -> np.ndarray:
+    """(len(BACKGROUNDS), len(STYLES), size, size, 3) uint8: each background as `render` draws it in each style
+    with no object on it (sketch and grainy restyle the whole frame)."""
+    out = np.repeat(backgrounds(size)[:, None], len(STYLES), axis=1)
+    out[:, STYLES.index("sketch")] = _wash(out[:, STYLES.index("sketch")])
+    out[:, STYLES.index("grainy")] += GRAIN_AMPLITUDE * grain(size)[None, :, :, None]
+    return _to_uint8(out)
+
+
 # ---- object specs (novel concepts) ----
 
 @dataclass(frozen=True)
@@ -394,13 +413,12 @@ def render(batch: SceneBatch, size: int = 32, object_spec=None) -> np.ndarray:
     sketch = batch.style == STYLES.index("sketch")
     if sketch.any():
         i = np.flatnonzero(sketch)
-        washed = img[i] * (1 - SKETCH_WASH) + SKETCH_PAPER * SKETCH_WASH
         a = np.clip(0.5 - (np.abs(dpx[i]) - 0.6 * s), 0, 1)
-        img[i] = _mix(washed, SKETCH_LINE, a)
+        img[i] = _mix(_wash(img[i]), SKETCH_LINE, a)
 
     grainy = batch.style == STYLES.index("grainy")
     if grainy.any():
         i = np.flatnonzero(grainy)
         img[i] = img[i] + GRAIN_AMPLITUDE * grain(size)[None, :, :, None]
 
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return _to_uint8(img)

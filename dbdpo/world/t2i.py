@@ -254,27 +254,15 @@ class VAEModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine(opt, self.hparams.steps), "interval": "step"}}
 
 
-_BARE: dict[tuple[int, str], torch.Tensor] = {}
-
-
 def object_mask(x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N, 1, H, W) 1.0 where the render `x` differs from what its background alone would look like in its
-    style (the object, its accessory and overlay), else 0.0."""
+    """(N, 1, H, W) 1.0 where the render `x` differs from its background as drawn in its style with no object
+    (`render.bare_scenes`: the object, its accessory and overlay), else 0.0."""
     from .attributes import STYLES
     from .data import to_pixels
-    from .render import BACKGROUNDS, GRAIN_AMPLITUDE, SKETCH_PAPER, SKETCH_WASH, backgrounds, grain
+    from .render import bare_scenes
 
-    size = x.shape[-1]
-    key = (size, str(x.device))
-    if key not in _BARE:  # (background, style) -> the bare render, as the renderer styles the whole image
-        import numpy as np
-
-        bare = backgrounds(size)[:, None].repeat(len(STYLES), 1)
-        bare[:, STYLES.index("sketch")] = bare[:, STYLES.index("sketch")] * (1 - SKETCH_WASH) + SKETCH_PAPER * SKETCH_WASH
-        bare[:, STYLES.index("grainy")] += GRAIN_AMPLITUDE * grain(size)[None, :, :, None]
-        bare = np.clip(bare + 0.5, 0, 255).astype("uint8").reshape(len(BACKGROUNDS) * len(STYLES), size, size, 3)
-        _BARE[key] = to_pixels(bare).to(x.device)
-    ref = _BARE[key][(labels["background"] * len(STYLES) + labels["style"]).to(x.device)]
+    bare = to_pixels(bare_scenes(x.shape[-1]).reshape(-1, *x.shape[-2:], 3)).to(x.device)
+    ref = bare[(labels["background"] * len(STYLES) + labels["style"]).to(x.device)]
     return ((x - ref).abs().amax(1, keepdim=True) > 0.15).to(x.dtype)
 
 
