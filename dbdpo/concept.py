@@ -16,14 +16,21 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
+from .errors import ConfigError, DataError, DbdpoError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass
 class Concept:
-    """A personalization subject: where its photos are and how prompts name it."""
+    """A personalization subject, and what the loop asks of its kind: where its photos are, how prompts name
+    it, its training prompt pool, its evaluation prompts and (optionally) a judge of evaluation samples.
+
+    This base class is a folder of photos (a DreamBench subject or the user's own): the pool mixes
+    concept-agnostic and COCO-mined prompts, evaluation uses DreamBench's live or object set, no extra judge.
+    Other kinds subclass it and are chosen by the concept config's `_target_` (e.g. the miniature world's
+    `dbdpo.world.concepts.RenderedConcept`, whose photos are rendered from a spec).
+    """
 
     name: str
     class_name: str
@@ -36,10 +43,68 @@ class Concept:
         """What `[V*]` becomes in prompts, e.g. `sks dog`."""
         return f"{self.token} {self.class_name}"
 
+    def prepare(self, resolution: int) -> None:
+        """Make the photos available in `path` (a folder concept: they already are)."""
+
+    def prompt_pool(self, n: int, seed: int, coco_fraction: float = 0.0,
+                    coco_prompts: list[str] | None = None) -> list:
+        """The training prompt pool P (`n` prompts, each with one `[V*]`): agnostic + COCO-mined (method.md)."""
+        from .prompts import build_pool
+
+        return build_pool(self.class_name, self.live, n, coco_fraction, seed, coco_prompts=coco_prompts)
+
+    def eval_prompts(self, which: str = "full") -> list[str]:
+        """DreamBench's live or object evaluation set (`eval.prompt_set`: full | val | long)."""
+        from .prompts import eval_prompts
+
+        return eval_prompts(live=self.live, which=which)
+
+    def judge(self, images: list, device: str):
+        """An extra judge of evaluation samples, `judge(eval_dir) -> {metric: {mean, std}}`, or None."""
+        return None
+
     @classmethod
     def from_cfg(cls, cfg) -> "Concept":
-        return cls(name=str(cfg["name"]), class_name=str(cfg["class_name"]), path=str(cfg["path"]),
-                   token=str(cfg.get("token", "sks")), live=bool(cfg.get("live", False)))
+        return build_concept(cfg)
+
+
+def build_concept(cfg) -> Concept:
+    """The concept of a `concept` config group: Hydra-instantiated from its `_target_` (default: a photo folder).
+
+    Keys the chosen kind does not take are reported by name."""
+    import inspect
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, Concept):
+        return cfg
+    plain = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    target = str(plain.get("_target_") or f"{Concept.__module__}.{Concept.__qualname__}")
+    try:
+        cls = get_class(target)
+    except Exception as e:  # hydra wraps import errors in several types
+        raise ConfigError(f"concept._target_={target!r} cannot be imported ({' '.join(str(e).split())[:200]}); "
+                          "name a subclass of dbdpo.concept.Concept") from e
+    if not (isinstance(cls, type) and issubclass(cls, Concept)):
+        raise ConfigError(f"concept._target_={target!r} is not a subclass of dbdpo.concept.Concept")
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(str(k) for k in plain if k != "_target_" and k not in params)
+        if unknown:
+            raise ConfigError(f"concept: unknown key(s) {['concept.' + k for k in unknown]} for {target}; it takes "
+                              f"{['concept.' + k for k in params]} (a miniature-world concept needs "
+                              "`_target_: dbdpo.world.concepts.RenderedConcept`)")
+        missing = [k for k, p in params.items() if p.default is p.empty and k not in plain]
+        if missing:
+            raise ConfigError(f"concept: {['concept.' + k for k in missing]} missing for {target}")
+    try:
+        return instantiate(plain, _target_=target, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, DbdpoError):
+            raise e.__cause__ from None
+        raise
 
 
 def list_concept_images(path: str | os.PathLike) -> list[Path]:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .adapters import ADAPTER_FILE, Adapter, load_adapter_file, make_adapter, save_adapter
 from .backbones import Backbone, build_backbone
-from .concept import Concept, ConceptDataModule, load_concept_images
+from .concept import Concept, ConceptDataModule, build_concept, load_concept_images
 from .dpo import DiffusionDPOModule, PairDataModule
 from .errors import ConfigError
 from .evaluate import evaluate, mean_std, save_grid
@@ -192,44 +192,17 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
     _finish(adapter, backbone, ckpt, device)
 
 
-def is_world_concept(cfg: DictConfig) -> bool:
-    return cfg.concept.get("world") is not None
-
-
 def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
-    """DreamBench's live or object set; for a miniature-world concept, the world's evaluation set."""
-    if is_world_concept(cfg):
-        from .world.prompts import world_eval_prompts
-
-        prompts = world_eval_prompts("val" if cfg.eval.prompt_set == "val" else "full")
-    else:
-        from .prompts import eval_prompts as dreambench_prompts
-
-        prompts = dreambench_prompts(live=concept.live, which=cfg.eval.prompt_set)
+    """The concept's evaluation prompts (`eval.prompt_set`), the first `eval.max_prompts` of them."""
+    prompts = concept.eval_prompts(str(cfg.eval.prompt_set))
     n = cfg.eval.get("max_prompts")
     return prompts[: int(n)] if n else prompts
 
 
-def make_judge(cfg: DictConfig, concept: Concept, concept_images, device: torch.device):
-    """The evaluator CLIP + oracle for a world concept when `eval.judge` names them (else None)."""
-    j = cfg.eval.get("judge")
-    if not j or not is_world_concept(cfg):
-        return None
-    from .world.concepts import parse_world_concept
-    from .world.judge import WorldJudge
-
-    for key in ("evaluator", "oracle"):
-        if not Path(j[key]).exists():
-            raise ConfigError(f"eval.judge.{key}: {j[key]} not found; train the world with "
-                              "`python -m dbdpo.world pretrain` or set eval.judge=null.")
-    return WorldJudge(j.evaluator, j.oracle, concept_images, concept.holder, parse_world_concept(cfg.concept).look,
-                      device=str(device))
-
-
 @dataclass
 class RunContext:
-    """What every stage of a run needs: the concept (world photos rendered), models on the device, and the
-    concept's reference embedding."""
+    """What every stage of a run needs: the concept with its photos, models on the device, the concept's
+    reference embedding and its judge (None when it has none or `eval.judge` is off)."""
 
     concept: Concept
     concept_images: list
@@ -243,24 +216,20 @@ class RunContext:
 def prepare(cfg: DictConfig) -> RunContext:
     from .scores import build_scorer
 
-    concept = Concept.from_cfg(cfg.concept)
-    if is_world_concept(cfg):  # a world concept's photos are rendered from its config
-        from .world.concepts import render_concept_photos
-
-        render_concept_photos(cfg.concept, concept.path, size=int(cfg.backbone.resolution))
+    concept = build_concept(cfg.concept)
+    concept.prepare(int(cfg.backbone.resolution))
     concept_images = load_concept_images(concept.path)  # fails early with a clear message
     device = resolve_device(str(cfg.device))
     backbone = build_backbone(cfg.backbone).to(device)
     scorer = build_scorer(cfg.scorer, device=str(device))
     return RunContext(concept, concept_images, device, backbone, scorer,
                       scorer.embed_images(concept_images, reference=True),
-                      make_judge(cfg, concept, concept_images, device))
+                      concept.judge(concept_images, str(device)) if cfg.eval.get("judge") else None)
 
 
 def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path, stage: str,
              judge=None) -> dict:
-    """CLIP-I / CLIP-T with the scorer; for a world concept with a judge, also the evaluator's IS / TS and the
-    oracle's prompt-following and identity on the same samples."""
+    """CLIP-I / CLIP-T with the scorer; with the concept's judge, also its figures on the same samples."""
     result = evaluate(backbone, scorer, concept, concept_emb, prompts, out_dir,
                       images_per_prompt=int(cfg.eval.images_per_prompt), seed=int(cfg.eval.seed),
                       batch_size=int(cfg.generate.batch_size), text_variant=cfg.scorer.text_variant,
@@ -274,7 +243,7 @@ def run_eval(cfg, backbone, scorer, concept, concept_emb, prompts, out_dir: Path
 
 def run(cfg: DictConfig) -> dict:
     """Run the whole method; returns (and writes) `metrics.json`."""
-    from .prompts import build_pool, read_pool, split_pool, write_pool
+    from .prompts import read_pool, split_pool, write_pool
 
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -297,13 +266,8 @@ def run(cfg: DictConfig) -> dict:
         coco = None
         if cfg.prompts.get("coco_prompts"):
             coco = [ln.strip() for ln in Path(cfg.prompts.coco_prompts).read_text().splitlines() if ln.strip()]
-        if is_world_concept(cfg):
-            from .world.prompts import world_pool
-
-            pool = world_pool(int(cfg.prompts.n), int(cfg.prompts.seed))
-        else:
-            pool = build_pool(concept.class_name, concept.live, int(cfg.prompts.n),
-                              float(cfg.prompts.coco_fraction), int(cfg.prompts.seed), coco_prompts=coco)
+        pool = concept.prompt_pool(int(cfg.prompts.n), int(cfg.prompts.seed),
+                                   float(cfg.prompts.coco_fraction), coco_prompts=coco)
         write_pool(pool_file, pool)
     parts = split_pool(pool, S)
     prompts_eval = eval_prompts(cfg, concept)
@@ -368,18 +332,21 @@ def run(cfg: DictConfig) -> dict:
 
     for lg in loggers:
         lg.finalize("success")
-    print_summary(metrics)
+    print_summary(metrics, getattr(judge, "labels", None))
     return metrics
 
 
-JUDGE_COLUMNS = (("eval/evaluator_is", "IS (evaluator)"), ("eval/evaluator_ts", "TS (evaluator)"),
-                 ("eval/oracle_prompt", "oracle prompt-following"), ("eval/oracle_identity", "oracle identity"))
+EVAL_COLUMNS = ("eval/clip_i", "eval/clip_t")
 
 
-def summary_table(metrics: dict) -> str:
-    judged = any("eval/oracle_prompt" in v for v in metrics["stages"].values())
-    head = ["stage", "pairs kept / candidates", "IS (train samples)", "TS (train samples)", "eval/clip_i",
-            "eval/clip_t"] + ([name for _, name in JUDGE_COLUMNS] if judged else [])
+def summary_table(metrics: dict, labels: dict[str, str] | None = None) -> str:
+    """Markdown table of every stage: pairs, the scorer's IS / TS on the training samples, CLIP-I / CLIP-T, then
+    any further `eval/` figures (a judge's), headed by `labels` where given."""
+    labels = labels or {}
+    extra = list(dict.fromkeys(k for v in metrics["stages"].values() for k in v
+                               if k.startswith("eval/") and k not in EVAL_COLUMNS and isinstance(v[k], dict)))
+    head = ["stage", "pairs kept / candidates", "IS (train samples)", "TS (train samples)", *EVAL_COLUMNS,
+            *(labels.get(k, k) for k in extra)]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(v):
@@ -387,13 +354,13 @@ def summary_table(metrics: dict) -> str:
 
     for stage, v in metrics["stages"].items():
         kept = f"{v['pairs/kept']} / {v['pairs/candidates']}" if "pairs/kept" in v else "–"
-        cells = [stage, kept, ms(v.get("score/is")), ms(v.get("score/ts")), ms(v.get("eval/clip_i")),
-                 ms(v.get("eval/clip_t"))] + ([ms(v.get(k)) for k, _ in JUDGE_COLUMNS] if judged else [])
+        cells = [stage, kept, ms(v.get("score/is")), ms(v.get("score/ts")),
+                 *(ms(v.get(k)) for k in (*EVAL_COLUMNS, *extra))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def print_summary(metrics: dict) -> None:
+def print_summary(metrics: dict, labels: dict[str, str] | None = None) -> None:
     print("\nDreamBoothDPO summary "
           f"(concept {metrics['concept']}, backbone {metrics['backbone']}, filter {metrics['filter']})")
-    print(summary_table(metrics))
+    print(summary_table(metrics, labels))

@@ -36,7 +36,7 @@ def main(unit_dir: str, out_dir: str, settings: list[str]) -> None:
     torch.set_num_threads(2)
     unit, out = Path(unit_dir), Path(out_dir)
     cfg = compose_train([f"concept=world/{unit.parent.name}", f"seed={unit.name.removeprefix('seed')}",
-                         "backbone=world", "logger=none", "progress=false", "eval.judge=null",
+                         "backbone=world", "logger=none", "progress=false", "eval.judge=false",
                          f"paths.output_dir={out / 'run'}"])
     ctx = prepare(cfg)
     oracle = load_oracle(str(Path(cfg.paths.assets_dir) / "world" / "oracle.safetensors"), "cpu")

@@ -99,7 +99,7 @@ def test_tiny_verify_with_a_concept_from_a_search_path_folder(tmp_path):
     conf = tmp_path / "myconf" / "concept" / "world"
     conf.mkdir(parents=True)
     (conf / "lab_heart.yaml").write_text(
-        "# someone else's concept\nname: lab_heart\nclass_name: heart\nlive: false\ntoken: sks\n"
+        "# someone else's concept\n_target_: dbdpo.world.concepts.RenderedConcept\nname: lab_heart\nclass_name: heart\nlive: false\ntoken: sks\n"
         "world:\n  shape: heart\n  pattern: zigzag\n  colours: [blue, orange]\n"
         "  photos: {n: 4, background: sand, position: center, size: large, style: flat, seed: 3}\n"
         "path: ${paths.output_dir}/concept_photos\n")

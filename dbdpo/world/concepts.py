@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dbdpo.concept import Concept
 from dbdpo.errors import ConfigError
 from dbdpo.io import atomic_write, write_json
 
@@ -232,3 +233,50 @@ def load_concept_config(name_or_path) -> dict:
         raise ConfigError(f"unknown world concept {name_or_path!r}; shipped: {', '.join(shipped_concepts())}")
     with open(p, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "world"
+JUDGE_FILES = {"evaluator": ASSETS / "evaluator.safetensors", "oracle": ASSETS / "oracle.safetensors"}
+
+
+class RenderedConcept(Concept):
+    """A miniature-world concept for the loop (`_target_: dbdpo.world.concepts.RenderedConcept`): its photos are
+    rendered from the `world` spec into `path`, its prompts are the world's pool and evaluation set, and its
+    evaluation samples are also judged by the evaluator CLIP and the attribute oracle (`judge`: their weight
+    files, default the shipped ones)."""
+
+    def __init__(self, name: str, class_name: str, path: str, world: dict, token: str = "sks", live: bool = False,
+                 judge: dict | None = None):
+        super().__init__(name=name, class_name=class_name, path=path, token=token, live=live)
+        self.spec = parse_world_concept({"name": name, "class_name": class_name, "token": token, "live": live,
+                                         "world": world})
+        unknown = sorted(set(judge or {}) - set(JUDGE_FILES))
+        if unknown:
+            raise ConfigError(f"concept.judge: unknown key(s) {unknown}; valid keys: {', '.join(JUDGE_FILES)}")
+        self.judge_files = {k: Path((judge or {}).get(k) or v) for k, v in JUDGE_FILES.items()}
+
+    def prepare(self, resolution: int) -> None:
+        render_concept_photos(self.spec, self.path, size=int(resolution))
+
+    def prompt_pool(self, n: int, seed: int, coco_fraction: float = 0.0,
+                    coco_prompts: list[str] | None = None) -> list:
+        """The world's prompt pool (COCO captions do not describe this world: `coco_*` are not used)."""
+        from .prompts import world_pool
+
+        return world_pool(int(n), int(seed))
+
+    def eval_prompts(self, which: str = "full") -> list[str]:
+        """The world's evaluation set: `val` (5 prompts), otherwise the full 25 (it has no long set)."""
+        from .prompts import world_eval_prompts
+
+        return world_eval_prompts("val" if which == "val" else "full")
+
+    def judge(self, images: list, device: str):
+        from .judge import WorldJudge
+
+        for key, path in self.judge_files.items():
+            if not path.exists():
+                raise ConfigError(f"concept.judge.{key}: {path} not found; train the world with "
+                                  "`python -m dbdpo.world pretrain` or set eval.judge=false.")
+        return WorldJudge(self.judge_files["evaluator"], self.judge_files["oracle"], images, self.holder,
+                          self.spec.look, device=str(device))

@@ -60,11 +60,15 @@ class WorldJudge:
     """The evaluator CLIP (an open_clip model independent of the scorer) and the attribute oracle, bound to one
     concept: its photos (embedded once by the evaluator), its holder phrase and its look."""
 
+    labels = {"eval/evaluator_is": "IS (evaluator)", "eval/evaluator_ts": "TS (evaluator)",
+              "eval/oracle_prompt": "oracle prompt-following", "eval/oracle_identity": "oracle identity"}
+
     def __init__(self, evaluator: str | os.PathLike, oracle: str | os.PathLike, concept_images, holder: str, look,
                  device: str = "cpu", batch_size: int = 256):
-        from .clips import load_world_clip
+        from ..scores import ClipScorer
+        from .clips import EVALUATOR
 
-        self.evaluator = load_world_clip("evaluator", evaluator, device=device, batch_size=batch_size)
+        self.evaluator = ClipScorer(EVALUATOR, pretrained=os.fspath(evaluator), device=device, batch_size=batch_size)
         self.oracle = load_oracle(oracle, device)
         self.reference = self.evaluator.embed_images(concept_images, reference=True)
         self.holder, self.look = holder, look_labels(look)

@@ -59,8 +59,7 @@ def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[
     """Train DreamBooth once (`multistep.personalize` to the last of `steps`), saving the UNet at every step
     (0 = the world model itself), and evaluate each checkpoint; finished checkpoints and evaluations are
     reused."""
-    from ..multistep import (eval_prompts, is_world_concept, load_unet_into, personalize, prepare, run_eval,
-                             save_unet, _unet_done)
+    from ..multistep import eval_prompts, load_unet_into, personalize, prepare, run_eval, save_unet, _unet_done
 
     steps = sorted(set(int(s) for s in steps))
     ck = {s: unit_dir / "db" / f"step_{s}" / "unet" for s in steps}
@@ -73,11 +72,15 @@ def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[
     if make_adapter(cfg.method).kind != "full":
         raise ConfigError("verify's baseline curve is DreamBooth's full fine-tune: drop the method override "
                           "(method=dreambooth) from train_overrides.")
-    if not is_world_concept(cfg):
-        raise ConfigError(f"verify needs miniature-world concepts (a `world:` block); {cfg.concept.name} has none.")
+    from .concepts import RenderedConcept
+
+    target = cfg.concept.get("_target_")
+    if target != f"{RenderedConcept.__module__}.{RenderedConcept.__qualname__}":
+        raise ConfigError(f"verify needs miniature-world concepts (`_target_: dbdpo.world.concepts.RenderedConcept` "
+                          f"with a `world:` block); concept {cfg.concept.name} has _target_ {target!r}.")
     u = prepare(cfg)
     if u.judge is None:
-        raise ConfigError("verify needs eval.judge (the evaluator CLIP and the oracle).")
+        raise ConfigError("verify needs eval.judge=true (the evaluator CLIP and the oracle).")
     bb = u.backbone
     if 0 in ck and not _unet_done(ck[0]):
         save_unet(bb.unet, ck[0])
