@@ -41,13 +41,11 @@ DEFAULT_SEEDS = {"scorer": 1, "evaluator": 2}
 
 
 def register_world_clips() -> tuple[str, str]:
-    """Register the scorer and evaluator architectures with open_clip (idempotent); returns their names."""
-    import open_clip
+    """Register the scorer and evaluator architectures with open_clip (idempotent; every config in
+    `dbdpo/clip_configs/` is registered the same way by `scores.register_clip_configs`); returns their names."""
+    from ..scores import register_clip_configs
 
-    known = set(open_clip.list_models())
-    for name in (SCORER, EVALUATOR):
-        if name not in known:
-            open_clip.add_model_config(CONFIG_DIR / f"{name}.json")
+    register_clip_configs()
     return SCORER, EVALUATOR
 
 
