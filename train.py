@@ -9,6 +9,10 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from dbdpo.schema import register_schemas  # noqa: E402
+
+register_schemas()  # every group's structured config in Hydra's ConfigStore (`<group>/schema`, `train_schema`)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict | None:
@@ -18,4 +22,7 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    from dbdpo.cli import check_choices_or_exit
+
+    check_choices_or_exit(sys.argv[1:], Path(__file__).resolve().parent / "conf")
     main()

@@ -35,3 +35,10 @@ def run_main(cfg):
     from .multistep import run
 
     return report_errors(run, cfg)
+
+
+def check_choices_or_exit(argv: list[str], conf_dir) -> None:
+    """Unknown `group=choice` names on the command line: one line listing the group's options, exit 2."""
+    from .schema import check_group_choices
+
+    report_errors(check_group_choices, argv, conf_dir)

@@ -36,7 +36,6 @@ from .personalize import DreamBoothModule
 
 log = logging.getLogger(__name__)
 
-REFERENCES = ("previous", "initial")
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -106,16 +105,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate(cfg: DictConfig) -> None:
-    if int(cfg.steps) < 1:
-        raise ConfigError(f"steps must be ≥ 1 (got {cfg.steps}).")
-    if cfg.dpo.reference not in REFERENCES:
-        raise ConfigError(f"dpo.reference must be one of {REFERENCES} (got {cfg.dpo.reference!r}).")
-    if int(cfg.generate.images_per_prompt) < 2:
-        raise ConfigError("generate.images_per_prompt must be ≥ 2: pairs are built among a prompt's images.")
-    if int(cfg.dpo.batch_size) % int(cfg.dpo.micro_batch_size):
-        raise ConfigError(f"dpo.batch_size ({cfg.dpo.batch_size}) must be a multiple of dpo.micro_batch_size "
-                          f"({cfg.dpo.micro_batch_size}).")
-    make_adapter(cfg.method)  # an unknown adapter kind fails here, before any work
+    """Every setting checked (types, ranges, names, paths) before any work: one error listing every problem."""
+    from .schema import check_config
+
+    check_config(cfg)
 
 
 # ---- stages -----------------------------------------------------------------------------------------------
