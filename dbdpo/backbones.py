@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -101,6 +101,39 @@ def build_tiny_pipeline(resolution: int = 32, seed: int = 0, cross_attention_dim
     )
 
 
+def build_tiny_sdxl_pipeline(resolution: int = 32, seed: int = 0):
+    """A diffusers `StableDiffusionXLPipeline` with tiny random components shaped like SDXL's: two CLIP text
+    encoders (the second with a projection, 32 + 32 = 64 cross-attention features), a UNet with
+    `addition_embed_type="text_time"` (pooled embedding + 6 time ids), EulerDiscrete."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=resolution // 2, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=32 + 6 * 8, cross_attention_dim=64, norm_num_groups=16,
+        )
+        vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            norm_num_groups=16, sample_size=resolution, scaling_factor=0.13025)
+        cfg = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+                   num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, max_position_embeddings=77)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg, projection_dim=32))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
+                                     scheduler=scheduler)
+
+
+TINY_BUILDERS = {"sd": build_tiny_pipeline, "sdxl": build_tiny_sdxl_pipeline}
+
+
 def _looks_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").split("/", 1)[-1] or Path(ref).exists()
 
@@ -158,6 +191,41 @@ def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 @dataclass
+class Conditioning:
+    """What the UNet takes besides the noisy latents and t: the text encoders' hidden states and, for SDXL, the
+    added conditions (`text_embeds`: the second encoder's pooled embedding; `time_ids`: micro-conditioning).
+
+    `unet(x, t, **cond.unet_kwargs())` is the one call every training module makes."""
+
+    hidden: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        return {"encoder_hidden_states": self.hidden, **({"added_cond_kwargs": self.added} if self.added else {})}
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        return Conditioning(self.hidden.to(device=device, dtype=dtype),
+                            {k: v.to(device=device, dtype=dtype) for k, v in self.added.items()})
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def rows(self) -> list["Conditioning"]:
+        return [Conditioning(self.hidden[i], {k: v[i] for k, v in self.added.items()}) for i in range(len(self))]
+
+    @staticmethod
+    def stack(rows: list["Conditioning"]) -> "Conditioning":
+        """Rows (from `rows()`) back into a batch."""
+        return Conditioning(torch.stack([r.hidden for r in rows]),
+                            {k: torch.stack([r.added[k] for r in rows]) for k in rows[0].added})
+
+    @staticmethod
+    def cat(parts: list["Conditioning"]) -> "Conditioning":
+        return Conditioning(torch.cat([c.hidden for c in parts]),
+                            {k: torch.cat([c.added[k] for c in parts]) for k in parts[0].added})
+
+
+@dataclass
 class Backbone:
     """A loaded text-to-image pipeline and its sampler defaults."""
 
@@ -199,11 +267,18 @@ class Backbone:
 
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        if self.kind != "sd":
-            raise ConfigError(f"training on backbone '{self.name}' ({self.kind}) is not supported yet; "
-                              "use backbone=sd2 or backbone=tiny for DreamBooth/DPO training.")
-        return encode_text(self.tokenizer, self.text_encoder, prompts)
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """Per prompt what the UNet is conditioned on, as the pipeline computes it (`encode_prompt`)."""
+        return Conditioning(encode_text(self.tokenizer, self.text_encoder, prompts))
+
+    def with_sizes(self, cond: Conditioning, sizes: torch.Tensor | None = None) -> Conditioning:
+        """Add the image-size conditions (SD has none). `sizes`: (N, 4) rows (original height, original width,
+        crop top, crop left) of each training image; None: images generated at the training resolution."""
+        return cond
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list:
@@ -227,6 +302,30 @@ class Backbone:
         return self
 
 
+class SDXLBackbone(Backbone):
+    """Stable Diffusion XL: two text encoders (penultimate hidden states concatenated, the second's pooled
+    embedding) and micro-conditioning time ids (original size, crop top-left, target size)."""
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        for tok in (self.pipe.tokenizer, self.pipe.tokenizer_2):
+            token_ids(tok, prompts)  # warns once about prompts the encoders truncate
+        hidden, _, pooled, _ = self.pipe.encode_prompt(prompt=list(prompts), device=self.device,
+                                                       num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return Conditioning(hidden, {"text_embeds": pooled})
+
+    def with_sizes(self, cond: Conditioning, sizes: torch.Tensor | None = None) -> Conditioning:
+        """time_ids = (original h, w, crop top, left, target h, w), target = the training resolution
+        (`sizes` None: generated samples, original = target and crop (0, 0), as the pipeline generates them)."""
+        n, r = len(cond), self.resolution
+        if sizes is None:
+            sizes = torch.tensor([[r, r, 0, 0]] * n)
+        sizes = torch.as_tensor(sizes).reshape(n, 4)
+        ids = torch.cat([sizes, torch.tensor([[r, r]] * n)], dim=1)
+        return Conditioning(cond.hidden, {**cond.added, "time_ids": ids.to(cond.hidden.device, cond.hidden.dtype)})
+
+
+BACKBONES = {"sd": Backbone, "sdxl": SDXLBackbone}
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -246,7 +345,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
         pipe = load_pipeline(kind, str(pretrained), _DTYPES[dtype], bool(cfg.get("local_files_only", False)),
                              cfg.get("vae"))
     elif name == "tiny" or cfg.get("build") == "tiny":
-        pipe = build_tiny_pipeline(resolution=int(cfg.get("resolution", 32)), seed=int(cfg.get("seed", 0)))
+        pipe = TINY_BUILDERS[kind](resolution=int(cfg.get("resolution", 32)), seed=int(cfg.get("seed", 0)))
     else:
         raise ConfigError(f"backbone '{name}' needs backbone.pretrained (a hub id or a local folder).")
     sampler = cfg.get("sampler")
@@ -255,7 +354,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
             raise ConfigError(f"unknown backbone.sampler '{sampler}'; expected one of {SAMPLERS}.")
         pipe.scheduler = getattr(diffusers, sampler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return Backbone(
+    return BACKBONES[kind](
         name=name, kind=kind, pipe=pipe, resolution=int(cfg.get("resolution", 512)),
         num_inference_steps=int(cfg.get("num_inference_steps", 50)),
         guidance_scale=float(cfg.get("guidance_scale", 7.5)),

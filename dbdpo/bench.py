@@ -53,7 +53,7 @@ def bench_pairs(n_prompts: int, m: int, repeat: int) -> tuple[float, float]:
 
 
 def bench_dpo(batch: int, repeat: int) -> tuple[float, float]:
-    from .backbones import build_backbone
+    from .backbones import Conditioning, build_backbone
     from .dpo import DiffusionDPOModule
 
     bb = build_backbone({"name": "tiny", "resolution": 32})
@@ -68,14 +68,14 @@ def bench_dpo(batch: int, repeat: int) -> tuple[float, float]:
     def fused():
         x = torch.cat([lw, ll])
         n2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
-        mw, ml = module.mse_pairs(module.unet, sched.add_noise(x, n2, t2), t2, torch.cat([cond, cond]), n2)
+        mw, ml = module.mse_pairs(module.unet, sched.add_noise(x, n2, t2), t2, Conditioning.cat([cond, cond]), n2)
         (mw - ml).mean().backward()
         return (mw - ml).detach()
 
     def naive():
         outs = []
         for x in (lw, ll):
-            pred = module.unet(sched.add_noise(x, noise, t), t, encoder_hidden_states=cond).sample
+            pred = module.unet(sched.add_noise(x, noise, t), t, **cond.unet_kwargs()).sample
             outs.append((pred - noise).pow(2).mean(dim=(1, 2, 3)))
         (outs[0] - outs[1]).mean().backward()
         return (outs[0] - outs[1]).detach()

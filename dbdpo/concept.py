@@ -135,6 +135,17 @@ def load_concept_images(path: str | os.PathLike, resolution: int | None = None) 
     return [load_image(p, resolution) for p in list_concept_images(path)]
 
 
+def crop_geometry(size: tuple[int, int], resolution: int) -> tuple[int, int, int, int]:
+    """(original height, original width, crop top, crop left) of a centre crop to `resolution` (the shorter
+    side resized to `resolution`, then the centre square cut; top/left in resized pixels) — SDXL's
+    micro-conditioning of a training image, as diffusers' SDXL DreamBooth script computes it."""
+    w, h = size
+    scale = resolution / min(w, h)
+    top = max(0, int(round((round(h * scale) - resolution) / 2.0)))
+    left = max(0, int(round((round(w * scale) - resolution) / 2.0)))
+    return h, w, top, left
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL RGB → float tensor (3,H,W) in [−1, 1]."""
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
@@ -142,8 +153,14 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 class ConceptDataset(Dataset):
-    def __init__(self, images: list[Image.Image], prompt: str, repeats: int = 1, random_flip: bool = False):
+    """Photos (already cropped to the resolution) with their prompt and, per photo, `size` = (original height,
+    width, crop top, left) for backbones conditioned on it (SDXL)."""
+
+    def __init__(self, images: list[Image.Image], prompt: str, repeats: int = 1, random_flip: bool = False,
+                 sizes: list[tuple[int, int, int, int]] | None = None):
         self.pixels = [to_tensor(im) for im in images]
+        self.sizes = [torch.tensor(s) for s in sizes] if sizes else \
+            [torch.tensor([x.shape[1], x.shape[2], 0, 0]) for x in self.pixels]
         self.prompt = prompt
         self.repeats = repeats
         self.random_flip = random_flip
@@ -154,8 +171,8 @@ class ConceptDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         x = self.pixels[i % len(self.pixels)]
         if self.random_flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return {"pixels": x, "prompt": self.prompt}
+            x = x.flip(-1)  # a centre crop stays centred: the size conditions do not change
+        return {"pixels": x, "prompt": self.prompt, "size": self.sizes[i % len(self.pixels)]}
 
 
 class ConceptDataModule(L.LightningDataModule):
@@ -177,8 +194,11 @@ class ConceptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            images = load_concept_images(self.concept.path, self.resolution)
-            self.dataset = ConceptDataset(images, self.prompt, self.repeats, self.random_flip)
+            originals = load_concept_images(self.concept.path)
+            images = [ImageOps.fit(im, (self.resolution,) * 2, method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+                      for im in originals]
+            sizes = [crop_geometry(im.size, self.resolution) for im in originals]
+            self.dataset = ConceptDataset(images, self.prompt, self.repeats, self.random_flip, sizes)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

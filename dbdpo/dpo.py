@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .adapters import Adapter
+from .backbones import Conditioning
 from .personalize import PromptEmbeddings, check_finite, diffusion_target, step_generator
 
 
@@ -103,7 +104,7 @@ class DiffusionDPOModule(L.LightningModule):
         self.embed = PromptEmbeddings(backbone)
 
     def mse_pairs(self, unet, noisy, t, cond, target) -> tuple[torch.Tensor, torch.Tensor]:
-        pred = unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        pred = unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
         mse = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
         return mse.chunk(2)
 
@@ -117,8 +118,8 @@ class DiffusionDPOModule(L.LightningModule):
         noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
         noisy = self.noise_scheduler.add_noise(x0, noise2, t2)
         target = diffusion_target(self.noise_scheduler, x0, noise2, t2)
-        cond = self.embed(list(batch["prompt"]), self.device).to(lw.dtype)
-        cond = torch.cat([cond, cond])
+        cond = self.embed(list(batch["prompt"]), self.device).to(dtype=lw.dtype)  # generated at the training size
+        cond = Conditioning.cat([cond, cond])
         model_w, model_l = self.mse_pairs(self.unet, noisy, t2, cond, target)
         with torch.no_grad():
             if self.ref_unet is not None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Adapter
+from .backbones import Conditioning
 from .errors import DbdpoError
 
 
@@ -41,19 +42,21 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
 
 
 class PromptEmbeddings:
-    """Frozen text-encoder outputs, computed once per distinct prompt and kept on the CPU."""
+    """Frozen text-encoder outputs (`backbone.encode_prompts`), computed once per distinct prompt and kept on the
+    CPU; the backbone adds its size conditions per call."""
 
     def __init__(self, backbone):
         self.backbone = backbone
-        self.cache: dict[str, torch.Tensor] = {}
+        self.cache: dict[str, Conditioning] = {}
 
-    def __call__(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+    def __call__(self, prompts: list[str], device: torch.device, sizes: torch.Tensor | None = None) -> Conditioning:
         missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
         if missing:
             with torch.no_grad():
-                for p, e in zip(missing, self.backbone.encode_prompts(missing)):
-                    self.cache[p] = e.cpu()
-        return torch.stack([self.cache[p] for p in prompts]).to(device)
+                for p, row in zip(missing, self.backbone.encode_prompts(missing).rows()):
+                    self.cache[p] = row.to("cpu")
+        cond = Conditioning.stack([self.cache[p] for p in prompts]).to(device)
+        return self.backbone.with_sizes(cond, sizes)
 
 
 class DreamBoothModule(L.LightningModule):
@@ -82,8 +85,8 @@ class DreamBoothModule(L.LightningModule):
         noise = torch.randn(latents.shape, generator=g).to(latents)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.embed(list(batch["prompt"]), self.device).to(latents)
-        pred = self.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        cond = self.embed(list(batch["prompt"]), self.device, batch.get("size")).to(dtype=latents.dtype)
+        pred = self.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
         loss = F.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t).float())
         check_finite(loss, "DreamBooth", self.global_step)
         self.log("personalize/loss", loss, prog_bar=True, on_step=True, batch_size=bsz)

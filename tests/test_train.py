@@ -160,7 +160,8 @@ def test_nan_loss_stops_cleanly(tmp_path, capsys):
 def test_unknown_backbone_names_the_choices():
     proc = run_train(["backbone=nonexistent", "logger=none"])
     assert proc.returncode != 0
-    assert "backbone/nonexistent" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "backbone=nonexistent" in proc.stderr and "sd2, sdxl, tiny, tiny_sdxl, world" in proc.stderr
 
 
 def test_dreambench_concept_config_resolves_to_photos(tmp_path):
