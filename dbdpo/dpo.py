@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .adapters import Adapter
 from .backbones import Conditioning
-from .personalize import PromptEmbeddings, check_finite, diffusion_target, step_generator
+from .personalize import PromptEmbeddings, check_finite, diffusion_target, make_optimizer, step_generator
 
 
 def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -85,7 +85,7 @@ class DiffusionDPOModule(L.LightningModule):
 
     def __init__(self, backbone, ref_unet: torch.nn.Module | None = None, beta: float = 5000.0,
                  lr: float = 2.5e-6, weight_decay: float = 0.0, warmup_steps: int = 0, seed: int = 0,
-                 outer_step: int = 1, adapter=None):
+                 outer_step: int = 1, adapter=None, optimizer: str = "adamw", gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "ref_unet", "adapter"])
         self.backbone = backbone
@@ -98,6 +98,8 @@ class DiffusionDPOModule(L.LightningModule):
         self.unet = backbone.unet
         if ref_unet is None and adapter.kind == "full":
             ref_unet = copy.deepcopy(self.unet)
+        if gradient_checkpointing:  # the policy only: the reference runs without gradients
+            self.unet.enable_gradient_checkpointing()
         self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
         self.noise_scheduler = backbone.noise_scheduler()
@@ -144,7 +146,11 @@ class DiffusionDPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        if self.hparams.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()

@@ -140,6 +140,12 @@ def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.devi
     backbone.to(device)
 
 
+def memory_options(method: DictConfig) -> dict:
+    """The method's optimizer and gradient checkpointing, shared by personalization and DPO."""
+    return {"optimizer": str(method.get("optimizer") or "adamw"),
+            "gradient_checkpointing": bool(method.get("gradient_checkpointing", False))}
+
+
 def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path,
                 device: torch.device, callbacks: list | None = None) -> None:
     m = cfg.method
@@ -150,7 +156,7 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
                            repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed))
     adapter.attach(backbone.unet)
     module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed),
-                              adapter=adapter)
+                              adapter=adapter, **memory_options(m))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
     trainer.fit(module, datamodule=dm)
@@ -176,7 +182,7 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
     lr = float(d.lr) if adapter.kind == "full" else float(cfg.method.adapter.get("dpo_lr") or d.lr)
     module = DiffusionDPOModule(backbone, ref_unet=ref_unet, beta=float(d.beta), lr=lr,
                                 weight_decay=float(d.weight_decay), warmup_steps=int(d.warmup_steps),
-                                seed=int(cfg.seed), outer_step=step, adapter=adapter)
+                                seed=int(cfg.seed), outer_step=step, adapter=adapter, **memory_options(cfg.method))
     L.seed_everything(int(cfg.seed) + step, workers=True, verbose=False)
     max_steps = int(d.max_steps) if d.get("max_steps") else -1
     trainer = make_trainer(cfg, loggers, max_epochs=int(d.epochs), max_steps=max_steps,

@@ -41,6 +41,18 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
                          f"({'dpo.lr' if what == 'DPO' else 'method.lr'}) or use backbone.dtype=float32.")
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def make_optimizer(groups: list[dict], lr: float, weight_decay: float, kind: str = "adamw"):
+    """AdamW over `groups`; `adamw8bit`: bitsandbytes' 8-bit AdamW (CUDA only), optimizer state in 8 bits."""
+    if kind == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 class PromptEmbeddings:
     """Frozen text-encoder outputs (`backbone.encode_prompts`), computed once per distinct prompt and kept on the
     CPU; the backbone adds its size conditions per call."""
@@ -63,11 +75,14 @@ class DreamBoothModule(L.LightningModule):
     """DreamBooth fine-tune of the UNet (or of the adapter attached to it); the VAE and text encoder stay
     frozen."""
 
-    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0, adapter=None):
+    def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0, adapter=None,
+                 optimizer: str = "adamw", gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "adapter"])
         self.backbone = backbone
         self.unet = backbone.unet
+        if gradient_checkpointing:  # activations recomputed in the backward pass: memory for compute
+            self.unet.enable_gradient_checkpointing()
         self.vae = backbone.vae.requires_grad_(False)
         self.text_encoder = backbone.text_encoder.requires_grad_(False)
         if adapter is None:  # a full fine-tune; an adapter passed in is already attached
@@ -97,7 +112,11 @@ class DreamBoothModule(L.LightningModule):
 
     def configure_optimizers(self):
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
-        return torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
+
+    def on_train_end(self) -> None:
+        if self.hparams.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
 
 
 def n_steps(n_items: int, batch_size: int, epochs: float) -> int:

@@ -137,6 +137,8 @@ class MethodSchema:
     max_steps: int = setting(500, at_least(1))
     weight_decay: float = setting(0.0, non_negative)
     random_flip: bool = False
+    gradient_checkpointing: bool = False
+    optimizer: str = setting("adamw", one_of("adamw", "adamw8bit"))
     adapter: AdapterSchema = field(default_factory=AdapterSchema)
 
 
@@ -360,6 +362,57 @@ def _check_device(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"device={name}: no CUDA device is visible; use device=auto or device=cpu")
 
 
+def _cuda_will_be_used(cfg: DictConfig) -> bool:
+    import torch
+
+    acc = str(cfg.trainer.get("accelerator", "auto")) if isinstance(cfg.get("trainer"), DictConfig) else "auto"
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
+def _check_hardware(cfg: DictConfig, problems: list[str]) -> None:
+    """Options that need hardware or packages this machine may lack."""
+    import importlib.util
+
+    import torch
+
+    m = cfg.get("method")
+    if isinstance(m, DictConfig) and m.get("optimizer") == "adamw8bit":
+        if not _cuda_will_be_used(cfg):
+            problems.append("method.optimizer=adamw8bit: 8-bit AdamW (bitsandbytes) needs a CUDA device; none will "
+                            "be used here (use method.optimizer=adamw)")
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("method.optimizer=adamw8bit: bitsandbytes is not installed (pip install bitsandbytes) "
+                            "— or use method.optimizer=adamw")
+    t = cfg.get("trainer")
+    prec = str(t.get("precision")) if isinstance(t, DictConfig) and t.get("precision") is not None else ""
+    if prec.startswith("bf16") and _cuda_will_be_used(cfg) and not torch.cuda.is_bf16_supported():
+        problems.append(f"trainer.precision={prec}: this GPU has no bfloat16; use trainer.precision=16-mixed")
+
+
+def _check_backbone_folder(cfg: DictConfig, problems: list[str]) -> None:
+    """A local `backbone.pretrained` folder is a diffusers pipeline with what its kind needs."""
+    import json
+
+    b = cfg.get("backbone")
+    if not isinstance(b, DictConfig) or not b.get("pretrained"):
+        return
+    folder = Path(os.path.expanduser(str(b.pretrained)))
+    if not folder.is_dir():
+        return
+    index = folder / "model_index.json"
+    if not index.is_file():
+        problems.append(f"backbone.pretrained={str(b.pretrained)!r}: no model_index.json; point it at a folder "
+                        "written by a diffusers pipeline's save_pretrained")
+        return
+    components = set(json.loads(index.read_text()))
+    need = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+            "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")}
+    missing = [c for c in need.get(str(b.get("kind")), ()) if c not in components or not (folder / c).is_dir()]
+    if missing:
+        problems.append(f"backbone.pretrained={str(b.pretrained)!r}: the pipeline folder lacks {', '.join(missing)} "
+                        f"(backbone.kind={b.get('kind')} needs them)")
+
+
 def _check_across(cfg: DictConfig, problems: list[str]) -> None:
     """Checks that span settings (each run only when the settings it reads passed their own checks)."""
     from .errors import DbdpoError
@@ -400,6 +453,8 @@ def check_config(cfg: DictConfig) -> None:
     _check_trainer(cfg, problems)
     _check_loggers(cfg, problems)
     _check_device(cfg, problems)
+    _check_hardware(cfg, problems)
+    _check_backbone_folder(cfg, problems)
     _check_across(cfg, problems)
     if problems:
         problems = list(dict.fromkeys(problems))

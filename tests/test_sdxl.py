@@ -147,3 +147,56 @@ def test_train_py_end_to_end_for_every_backbone_and_method(backbone, method, tmp
         assert math.isfinite(stage["eval/clip_i"]["mean"]) and math.isfinite(stage["eval/clip_t"]["mean"])
     ckpt = tmp_path / "checkpoints" / "step_2"
     assert (ckpt / ("diffusion_pytorch_model.safetensors" if method == "dreambooth" else "adapter.safetensors")).exists()
+
+
+def compose(overrides: list[str], out: Path):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hcompose("train", overrides=[*overrides, f"paths.output_dir={out}"])
+
+
+def test_sdxl_bad_input_is_one_clear_error_before_any_work(tmp_path):
+    import shutil
+
+    from dbdpo.errors import ConfigError
+    from dbdpo.schema import check_config
+
+    folder = tmp_path / "sdxl"
+    tiny_sdxl(folder)
+    check_config(compose(["backbone=sdxl", f"backbone.pretrained={folder}", "concept=default"], tmp_path))
+    shutil.rmtree(folder / "text_encoder_2")
+    with pytest.raises(ConfigError, match=r"backbone\.pretrained=.*lacks text_encoder_2"):
+        check_config(compose(["backbone=sdxl", f"backbone.pretrained={folder}", "concept=default"], tmp_path))
+    with pytest.raises(ConfigError, match=r"backbone\.vae='/no/such/vae'"):
+        check_config(compose(["backbone=tiny_sdxl", "+backbone.vae=/no/such/vae", "concept=default"], tmp_path))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"method\.optimizer=adamw8bit: .*CUDA"):
+            check_config(compose(["backbone=tiny_sdxl", "method.optimizer=adamw8bit", "concept=default"], tmp_path))
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from dbdpo.dpo import DiffusionDPOModule
+
+    lat = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    batch = {"latents_w": lat[:2], "latents_l": lat[2:], "prompt": ["a photo of sks dog", "a sks dog in snow"]}
+    grads = []
+    for ckpt in (False, True):
+        bb = build_backbone(TINY_SDXL)
+        module = DiffusionDPOModule(bb, beta=5000.0, gradient_checkpointing=ckpt)
+        # move the policy off the reference so the loss has a gradient
+        with torch.no_grad():
+            for p in bb.unet.parameters():
+                p.add_(1e-3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        module.unet.train()
+        assert bb.unet.is_gradient_checkpointing == ckpt
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in bb.unet.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert len(grads[0][1]) == len(grads[1][1]) > 0
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
