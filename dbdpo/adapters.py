@@ -31,7 +31,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class SpectralShift(nn.Module):
-    """The parametrization W(δ) = U·diag(ReLU(σ + δ))·Vᵀ of one weight (δ = 0 while disabled)."""
+    """The parametrization W(δ) = U·diag(ReLU(σ + δ))·Vᵀ of one weight W = U·diag(σ)·Vᵀ, computed as
+
+        W(δ) = W + U·diag(ReLU(σ + δ) − σ)·Vᵀ
+
+    (the same function): at δ = 0 it is the stored weight exactly, and while disabled (the DPO reference) it *is*
+    the stored weight — no rebuild, no reconstruction error between policy and reference."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
@@ -45,8 +50,10 @@ class SpectralShift(nn.Module):
         self.enabled = True
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        s = F.relu(self.s + self.delta) if self.enabled else self.s
-        return ((self.u * s) @ self.vh).reshape(self.shape).to(original.dtype)
+        if not self.enabled:
+            return original
+        shift = F.relu(self.s + self.delta) - self.s
+        return original + ((self.u * shift) @ self.vh).reshape(self.shape).to(original.dtype)
 
 
 def _one_d(unet: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:

@@ -31,12 +31,16 @@ def test_spectral_shift_reconstructs_and_relus():
     w = torch.randn(6, 3, 3, 3)
     p = SpectralShift(w)
     assert p.delta.shape == (6,) and torch.all(p.delta == 0)  # rank of the (6, 27) flattened kernel
-    assert torch.allclose(p(w), w, atol=1e-5)
+    assert torch.equal(p(w), w)  # δ = 0: exactly the stored weight
     with torch.no_grad():
         p.delta.fill_(-1e9)  # ReLU(σ + δ) = 0: the weight vanishes
-    assert torch.count_nonzero(p(w)) == 0
+    assert torch.allclose(p(w), torch.zeros_like(w), atol=1e-5)
+    with torch.no_grad():
+        p.delta.copy_(torch.linspace(-0.5, 0.5, 6))  # the same function as U·diag(ReLU(σ + δ))·Vᵀ
+    want = ((p.u * torch.relu(p.s + p.delta)) @ p.vh).reshape(w.shape)
+    torch.testing.assert_close(p(w), want, atol=1e-5, rtol=1e-5)
     p.enabled = False
-    assert torch.allclose(p(w), w, atol=1e-5)
+    assert p(w) is w  # disabled (the DPO reference): the stored weight itself, nothing rebuilt
 
 
 @pytest.mark.parametrize("kind", ["svdiff", "lora"])
