@@ -252,6 +252,13 @@ class Backbone:
     def tokenizer(self):
         return self.pipe.tokenizer
 
+    TEXT_ENCODERS = ("text_encoder",)
+
+    @property
+    def text_encoders(self) -> list:
+        """Every text encoder of the pipeline (what `method.train_text_encoder` trains and checkpoints save)."""
+        return [getattr(self.pipe, n) for n in self.TEXT_ENCODERS]
+
     @property
     def scaling_factor(self) -> float:
         return float(self.pipe.vae.config.scaling_factor)
@@ -305,6 +312,8 @@ class Backbone:
 class SDXLBackbone(Backbone):
     """Stable Diffusion XL: two text encoders (penultimate hidden states concatenated, the second's pooled
     embedding) and micro-conditioning time ids (original size, crop top-left, target size)."""
+
+    TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         for tok in (self.pipe.tokenizer, self.pipe.tokenizer_2):

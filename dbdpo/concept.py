@@ -157,8 +157,10 @@ class ConceptDataset(Dataset):
     width, crop top, left) for backbones conditioned on it (SDXL)."""
 
     def __init__(self, images: list[Image.Image], prompt: str, repeats: int = 1, random_flip: bool = False,
-                 sizes: list[tuple[int, int, int, int]] | None = None):
+                 sizes: list[tuple[int, int, int, int]] | None = None, class_latents: torch.Tensor | None = None,
+                 class_prompt: str | None = None):
         self.pixels = [to_tensor(im) for im in images]
+        self.class_latents, self.class_prompt = class_latents, class_prompt
         self.sizes = [torch.tensor(s) for s in sizes] if sizes else \
             [torch.tensor([x.shape[1], x.shape[2], 0, 0]) for x in self.pixels]
         self.prompt = prompt
@@ -172,7 +174,10 @@ class ConceptDataset(Dataset):
         x = self.pixels[i % len(self.pixels)]
         if self.random_flip and torch.rand(()) < 0.5:
             x = x.flip(-1)  # a centre crop stays centred: the size conditions do not change
-        return {"pixels": x, "prompt": self.prompt, "size": self.sizes[i % len(self.pixels)]}
+        item = {"pixels": x, "prompt": self.prompt, "size": self.sizes[i % len(self.pixels)]}
+        if self.class_latents is not None:  # prior preservation: the i-th class sample (stored latents)
+            item.update(class_latents=self.class_latents[i % len(self.class_latents)], class_prompt=self.class_prompt)
+        return item
 
 
 class ConceptDataModule(L.LightningDataModule):
@@ -180,8 +185,9 @@ class ConceptDataModule(L.LightningDataModule):
 
     def __init__(self, concept: Concept, resolution: int, prompt_template: str = "a photo of [V*]",
                  batch_size: int = 1, repeats: int = 100, random_flip: bool = False, num_workers: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, class_samples=None):
         super().__init__()
+        self.class_samples = class_samples  # a generate.SampleSet of class images (prior preservation) or None
         self.concept = concept
         self.resolution = resolution
         self.prompt = prompt_template.replace("[V*]", concept.holder)
@@ -198,7 +204,10 @@ class ConceptDataModule(L.LightningDataModule):
             images = [ImageOps.fit(im, (self.resolution,) * 2, method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
                       for im in originals]
             sizes = [crop_geometry(im.size, self.resolution) for im in originals]
-            self.dataset = ConceptDataset(images, self.prompt, self.repeats, self.random_flip, sizes)
+            cs = self.class_samples
+            self.dataset = ConceptDataset(images, self.prompt, self.repeats, self.random_flip, sizes,
+                                          class_latents=cs.latents if cs is not None else None,
+                                          class_prompt=cs.texts[0] if cs is not None else None)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

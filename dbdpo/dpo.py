@@ -101,7 +101,8 @@ class DiffusionDPOModule(L.LightningModule):
         if gradient_checkpointing:  # the policy only: the reference runs without gradients
             self.unet.enable_gradient_checkpointing()
         self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None
-        self.text_encoder = backbone.text_encoder.requires_grad_(False)
+        for te in backbone.text_encoders:  # DPO trains the UNet (or its adapter) only
+            te.requires_grad_(False)
         self.noise_scheduler = backbone.noise_scheduler()
         self.embed = PromptEmbeddings(backbone)
 

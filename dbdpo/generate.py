@@ -76,7 +76,8 @@ def model_fingerprint(backbone) -> str:
                 h.update(key.encode())
                 h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         elif hasattr(comp, "config"):
-            h.update(repr(sorted(dict(comp.config).items())).encode())
+            # `_use_default_values` lists names in set order, which changes from one process to the next
+            h.update(repr(sorted((k, v) for k, v in dict(comp.config).items() if k != "_use_default_values")).encode())
     return h.hexdigest()
 
 

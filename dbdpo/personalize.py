@@ -72,11 +72,15 @@ class PromptEmbeddings:
 
 
 class DreamBoothModule(L.LightningModule):
-    """DreamBooth fine-tune of the UNet (or of the adapter attached to it); the VAE and text encoder stay
-    frozen."""
+    """DreamBooth fine-tune of the UNet (or of the adapter attached to it); the VAE stays frozen, the text
+    encoder(s) train with the UNet when `train_text_encoder` (diffusers' `--train_text_encoder`).
+
+    With prior preservation each instance batch is joined by as many class samples (stored latents of the base
+    model's "a photo of <class>" images, generated once):  L = L_instance + prior_loss_weight · L_class."""
 
     def __init__(self, backbone, lr: float = 2e-6, weight_decay: float = 0.0, seed: int = 0, adapter=None,
-                 optimizer: str = "adamw", gradient_checkpointing: bool = False):
+                 optimizer: str = "adamw", gradient_checkpointing: bool = False, train_text_encoder: bool = False,
+                 prior_loss_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "adapter"])
         self.backbone = backbone
@@ -84,7 +88,9 @@ class DreamBoothModule(L.LightningModule):
         if gradient_checkpointing:  # activations recomputed in the backward pass: memory for compute
             self.unet.enable_gradient_checkpointing()
         self.vae = backbone.vae.requires_grad_(False)
-        self.text_encoder = backbone.text_encoder.requires_grad_(False)
+        self.text_encoders = torch.nn.ModuleList(backbone.text_encoders)
+        for te in self.text_encoders:
+            te.requires_grad_(train_text_encoder)
         if adapter is None:  # a full fine-tune; an adapter passed in is already attached
             adapter = Adapter()
             adapter.attach(self.unet)
@@ -92,31 +98,55 @@ class DreamBoothModule(L.LightningModule):
         self.noise_scheduler = backbone.noise_scheduler()
         self.embed = PromptEmbeddings(backbone)
 
+    def condition(self, prompts: list[str], sizes) -> Conditioning:
+        if self.hparams.train_text_encoder:  # the encoders change every step: no cache, gradients flow
+            return self.backbone.with_sizes(self.backbone.encode_prompts(prompts), sizes)
+        return self.embed(prompts, self.device, sizes)
+
     def training_step(self, batch, batch_idx):
         g = step_generator(self.hparams.seed, self.global_step, batch_idx)
         with torch.no_grad():
             latents = self.backbone.encode_images(batch["pixels"], generator=g).to(self.device)
         bsz = latents.shape[0]
+        prompts, sizes = list(batch["prompt"]), batch.get("size")
+        if "class_latents" in batch:  # prior preservation: the class samples join the batch
+            latents = torch.cat([latents, batch["class_latents"].to(latents)])
+            prompts += list(batch["class_prompt"])
+            r = self.backbone.resolution
+            sizes = torch.cat([sizes, torch.tensor([[r, r, 0, 0]] * bsz)]) if sizes is not None else None
         noise = torch.randn(latents.shape, generator=g).to(latents)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                          generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.embed(list(batch["prompt"]), self.device, batch.get("size")).to(dtype=latents.dtype)
+        cond = self.condition(prompts, sizes).to(dtype=latents.dtype)
         pred = self.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), diffusion_target(self.noise_scheduler, latents, noise, t).float())
+        target = diffusion_target(self.noise_scheduler, latents, noise, t)
+        loss = F.mse_loss(pred[:bsz].float(), target[:bsz].float())
+        if "class_latents" in batch:
+            prior = F.mse_loss(pred[bsz:].float(), target[bsz:].float())
+            self.log("personalize/prior_loss", prior, on_step=True, batch_size=bsz)
+            loss = loss + self.hparams.prior_loss_weight * prior
         check_finite(loss, "DreamBooth", self.global_step)
         self.log("personalize/loss", loss, prog_bar=True, on_step=True, batch_size=bsz)
         return loss
 
     def on_train_epoch_start(self) -> None:
         self.unet.train()
+        for te in self.text_encoders:
+            te.train(self.hparams.train_text_encoder)
 
     def configure_optimizers(self):
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
+        if self.hparams.train_text_encoder:
+            groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
+                           "lr": self.hparams.lr})
         return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
 
     def on_train_end(self) -> None:
         if self.hparams.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
+        for te in self.text_encoders:
+            te.requires_grad_(False).eval()
 
 
 def n_steps(n_items: int, batch_size: int, epochs: float) -> int:

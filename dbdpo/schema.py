@@ -139,6 +139,11 @@ class MethodSchema:
     random_flip: bool = False
     gradient_checkpointing: bool = False
     optimizer: str = setting("adamw", one_of("adamw", "adamw8bit"))
+    train_text_encoder: bool = False
+    prior_preservation: bool = False
+    num_class_images: int = setting(200, at_least(1))
+    prior_loss_weight: float = setting(1.0, non_negative)
+    class_cache_dir: Optional[str] = None
     adapter: AdapterSchema = field(default_factory=AdapterSchema)
 
 
@@ -438,6 +443,13 @@ def _check_across(cfg: DictConfig, problems: list[str]) -> None:
         build_concept(cfg.concept)
     except DbdpoError as e:
         problems.append(str(e))
+    m = cfg.method
+    try:
+        if m.get("train_text_encoder") and str(m.adapter.get("kind", "full")) != "full":
+            problems.append(f"method.train_text_encoder=true: trains the text encoder with the full UNet "
+                            f"(method=dreambooth); method={m.get('name')} trains an adapter")
+    except (TypeError, ValueError, AttributeError):
+        pass
     try:
         if int(cfg.steps) > int(cfg.prompts.n):
             problems.append(f"steps={cfg.steps}: must be ≤ prompts.n ({cfg.prompts.n}): each DPO step needs its own "

@@ -150,7 +150,7 @@ def test_one_optimizer_step_moves_policy_not_reference(tiny_backbone):
 
     policy0 = {n: p.detach().clone() for n, p in module.unet.named_parameters() if p.requires_grad}
     ref0 = {n: p.detach().clone() for n, p in module.ref_unet.named_parameters()}
-    text0 = {n: p.detach().clone() for n, p in module.text_encoder.named_parameters()}
+    text0 = {n: p.detach().clone() for n, p in module.backbone.text_encoder.named_parameters()}
     assert len(policy0) == len(ref0) > 100
     assert not any(p.requires_grad for p in module.ref_unet.parameters())
     assert module.ref_unet is not module.unet
@@ -163,7 +163,7 @@ def test_one_optimizer_step_moves_policy_not_reference(tiny_backbone):
     assert unchanged == []
     ref_moved = [n for n, p in module.ref_unet.named_parameters() if not torch.equal(p, ref0[n])]
     assert ref_moved == []
-    assert all(torch.equal(p, text0[n]) for n, p in module.text_encoder.named_parameters())
+    assert all(torch.equal(p, text0[n]) for n, p in module.backbone.text_encoder.named_parameters())
     # the module trained the backbone's own UNet (what generation uses next)
     assert module.unet is backbone.unet
     m = tr.callback_metrics
