@@ -145,10 +145,10 @@ def test_dreambooth_one_step_moves_unet_only(tiny_backbone, concept_dir):
                            batch_size=1, repeats=1)
     unet0 = {n: p.detach().clone() for n, p in module.unet.named_parameters()}
     vae0 = {n: p.detach().clone() for n, p in module.vae.named_parameters()}
-    text0 = {n: p.detach().clone() for n, p in module.text_encoder.named_parameters()}
+    text0 = {n: p.detach().clone() for n, p in module.backbone.text_encoder.named_parameters()}
     assert all(p.requires_grad for p in module.unet.parameters())
     assert not any(p.requires_grad for p in module.vae.parameters())
-    assert not any(p.requires_grad for p in module.text_encoder.parameters())
+    assert not any(p.requires_grad for p in module.backbone.text_encoder.parameters())
 
     tr = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    enable_model_summary=False, accelerator="cpu", devices=1)
@@ -158,7 +158,7 @@ def test_dreambooth_one_step_moves_unet_only(tiny_backbone, concept_dir):
     unchanged = [n for n, p in module.unet.named_parameters() if torch.equal(p, unet0[n])]
     assert unchanged == []
     assert all(torch.equal(p, vae0[n]) for n, p in module.vae.named_parameters())
-    assert all(torch.equal(p, text0[n]) for n, p in module.text_encoder.named_parameters())
+    assert all(torch.equal(p, text0[n]) for n, p in module.backbone.text_encoder.named_parameters())
     assert module.unet is backbone.unet  # the backbone generation uses is the trained one
     assert set(module.embed.cache) == {"a photo of sks dog"}
     loss = tr.callback_metrics["personalize/loss"].item()
