@@ -36,24 +36,50 @@ class SpectralShift(nn.Module):
         W(δ) = W + U·diag(ReLU(σ + δ) − σ)·Vᵀ
 
     (the same function): at δ = 0 it is the stored weight exactly, and while disabled (the DPO reference) it *is*
-    the stored weight — no rebuild, no reconstruction error between policy and reference."""
+    the stored weight — no rebuild, no reconstruction error between policy and reference.
 
-    def __init__(self, weight: torch.Tensor):
+    Amortized (`amortized = True`, set while training): W(δ) is built once per optimizer step, without autograd,
+    as a leaf whose gradient G accumulates over the step's micro-batches; `project_grad()` then gives
+    ∂L/∂δ_i = 1[σ_i + δ_i > 0] · u_iᵀ G v_i and drops the leaf, so the next step rebuilds with the new δ."""
+
+    def __init__(self, weight: torch.Tensor, basis: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
-        w = weight.detach().float().reshape(weight.shape[0], -1)
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        if basis is None:
+            w = weight.detach().float().reshape(weight.shape[0], -1)
+            basis = torch.linalg.svd(w, full_matrices=False)
+        u, s, vh = basis
         self.register_buffer("u", u)
         self.register_buffer("s", s)
         self.register_buffer("vh", vh)
         self.delta = nn.Parameter(torch.zeros_like(s))
         self.shape = tuple(weight.shape)
         self.enabled = True
+        self.amortized = False
+        self.leaf: torch.Tensor | None = None
+        self.rebuilds = 0
+
+    def _shifted(self, original: torch.Tensor) -> torch.Tensor:
+        self.rebuilds += 1
+        shift = F.relu(self.s + self.delta) - self.s
+        return original + ((self.u * shift) @ self.vh).reshape(self.shape).to(original.dtype)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return original
-        shift = F.relu(self.s + self.delta) - self.s
-        return original + ((self.u * shift) @ self.vh).reshape(self.shape).to(original.dtype)
+        if not (self.amortized and torch.is_grad_enabled()):
+            return self._shifted(original)
+        if self.leaf is None:
+            with torch.no_grad():
+                self.leaf = self._shifted(original).requires_grad_(True)
+        return self.leaf
+
+    def project_grad(self) -> None:
+        """Move the step's accumulated ∂L/∂W onto δ (adding to any gradient δ already has) and drop the leaf."""
+        if self.leaf is not None and self.leaf.grad is not None:
+            g = self.leaf.grad.reshape(self.shape[0], -1).float()
+            grad = ((self.u.T @ g) * self.vh).sum(dim=1) * (self.s + self.delta > 0)
+            self.delta.grad = grad.to(self.delta) if self.delta.grad is None else self.delta.grad + grad.to(self.delta)
+        self.leaf = None
 
 
 def _one_d(unet: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -94,6 +120,12 @@ class Adapter:
     def fuse(self, unet: nn.Module) -> None:
         pass
 
+    def amortize(self, unet: nn.Module, on: bool) -> None:
+        """Switch per-optimizer-step weight building on or off while training (SVDiff)."""
+
+    def before_optimizer_step(self, unet: nn.Module) -> None:
+        """Called after a step's gradients are accumulated, before clipping and the update."""
+
 
 class SVDiff(Adapter):
     kind = "svdiff"
@@ -102,13 +134,29 @@ class SVDiff(Adapter):
         self.lr_1d = lr_1d
 
     def attach(self, unet: nn.Module) -> None:
+        """Parametrize every Conv2d / Linear weight. The SVD of a weight that an earlier SVDiff stage fused (and
+        nothing changed since) is not recomputed: W + U·diag(σ' − σ)·Vᵀ = U·diag(σ')·Vᵀ with σ' = ReLU(σ + δ)."""
         unet.requires_grad_(False)
         for module in list(unet.modules()):
             if isinstance(module, (nn.Conv2d, nn.Linear)) and not parametrize.is_parametrized(module, "weight"):
-                parametrize.register_parametrization(module, "weight", SpectralShift(module.weight), unsafe=True)
+                basis = getattr(module, "_svdiff_basis", None)
+                if basis is not None and not (basis[0] is module.weight and basis[1] == module.weight._version):
+                    basis = None  # the weight changed since it was fused: decompose again
+                dev = module.weight.device
+                shift = SpectralShift(module.weight, tuple(b.to(dev) for b in basis[2:]) if basis is not None else None)
+                parametrize.register_parametrization(module, "weight", shift, unsafe=True)
                 module.parametrizations.weight.original.requires_grad_(False)
         for _, p in _shifted(unet):
             p.delta.requires_grad_(True)
+
+    def amortize(self, unet: nn.Module, on: bool) -> None:
+        """Build W(δ) once per optimizer step while training (see `SpectralShift`)."""
+        for _, p in _shifted(unet):
+            p.amortized, p.leaf = on, None
+
+    def before_optimizer_step(self, unet: nn.Module) -> None:
+        for _, p in _shifted(unet):
+            p.project_grad()
 
     def param_groups(self, unet: nn.Module, lr: float, personalize: bool) -> list[dict]:
         groups = [{"params": [p.delta for _, p in _shifted(unet)], "lr": lr}]
@@ -149,7 +197,12 @@ class SVDiff(Adapter):
         unet.requires_grad_(False)
         for module in list(unet.modules()):
             if parametrize.is_parametrized(module, "weight"):
+                shift = next(p for p in module.parametrizations.weight if isinstance(p, SpectralShift))
+                with torch.no_grad():
+                    s_new = F.relu(shift.s + shift.delta).detach()
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+                # the fused weight's SVD is known: the next stage's attach reuses it
+                module._svdiff_basis = (module.weight, module.weight._version, shift.u, s_new, shift.vh)
 
 
 class LoRA(Adapter):

@@ -145,6 +145,12 @@ class DiffusionDPOModule(L.LightningModule):
         if self.ref_unet is not None:
             self.ref_unet.eval()
 
+    def on_train_start(self) -> None:
+        self.adapter.amortize(self.unet, True)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.adapter.before_optimizer_step(self.unet)
+
     def configure_optimizers(self):
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
         opt = make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
@@ -153,5 +159,6 @@ class DiffusionDPOModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_end(self) -> None:
+        self.adapter.amortize(self.unet, False)
         if self.hparams.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()

@@ -135,6 +135,12 @@ class DreamBoothModule(L.LightningModule):
         for te in self.text_encoders:
             te.train(self.hparams.train_text_encoder)
 
+    def on_train_start(self) -> None:
+        self.adapter.amortize(self.unet, True)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.adapter.before_optimizer_step(self.unet)
+
     def configure_optimizers(self):
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
         if self.hparams.train_text_encoder:
@@ -143,6 +149,7 @@ class DreamBoothModule(L.LightningModule):
         return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
 
     def on_train_end(self) -> None:
+        self.adapter.amortize(self.unet, False)
         if self.hparams.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
         for te in self.text_encoders:

@@ -153,3 +153,71 @@ def test_train_with_an_adapter_saves_only_it_and_resumes_identically(method, tmp
     for key in ("eval/clip_i", "eval/clip_t"):
         assert after["stages"]["step_2"][key]["mean"] == pytest.approx(before["stages"]["step_2"][key]["mean"],
                                                                        abs=1e-5)
+
+
+def _dpo_batch(bb, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(2 * n, *bb.latent_shape, generator=g)
+    return {"latents_w": lat[:n], "latents_l": lat[n:], "prompt": ["a photo of sks dog"] * n}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_svdiff_amortized_gradients_equal_autograd_through_the_rebuild(tiny_backbone):
+    """Per-step weight building with the projected gradient gives δ the gradient of autograd through
+    U·diag(ReLU(σ+δ))·Vᵀ, over two accumulated micro-batches; the reference pass builds nothing."""
+    from dbdpo.adapters import _shifted
+    from dbdpo.dpo import DiffusionDPOModule
+
+    grads = []
+    for amortized in (False, True):
+        bb = tiny_backbone()
+        adapter = SVDiff()
+        adapter.attach(bb.unet)
+        with torch.no_grad():  # move δ off 0 so that the policy differs from the reference
+            for i, (_, p) in enumerate(_shifted(bb.unet)):
+                p.delta.copy_(0.01 * torch.randn(p.delta.shape, generator=torch.Generator().manual_seed(i)))
+        module = DiffusionDPOModule(bb, beta=50.0, adapter=adapter)
+        adapter.amortize(bb.unet, amortized)
+        for k in range(2):  # two micro-batches of one optimizer step
+            module.training_step(_dpo_batch(bb, seed=k), k).backward()
+        shifts = [p for _, p in _shifted(bb.unet)]
+        if amortized:
+            assert all(p.rebuilds == 1 for p in shifts)  # once for the step, not per micro-batch or reference pass
+            adapter.before_optimizer_step(bb.unet)
+            assert all(p.leaf is None for p in shifts)
+        else:
+            assert all(p.rebuilds == 2 for p in shifts)  # per forward (policy only: the reference rebuilds nothing)
+        grads.append([p.delta.grad.clone() for p in shifts])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_svdiff_reuses_the_fused_weights_svd_and_redoes_it_after_a_change(tiny_backbone):
+    from dbdpo.adapters import _shifted
+
+    bb = tiny_backbone()
+    adapter = SVDiff()
+    adapter.attach(bb.unet)
+    with torch.no_grad():
+        for i, (_, p) in enumerate(_shifted(bb.unet)):
+            p.delta.copy_(0.05 * torch.randn(p.delta.shape, generator=torch.Generator().manual_seed(i)))
+    first = {n: p for n, p in _shifted(bb.unet)}
+    adapter.fuse(bb.unet)
+    fused = {n: m.weight.detach().clone() for n, m in bb.unet.named_modules() if n in first}
+    adapter.attach(bb.unet)  # the next stage: no new SVD
+    for n, p in _shifted(bb.unet):
+        assert p.u is first[n].u and p.vh is first[n].vh
+        torch.testing.assert_close(p.s, torch.relu(first[n].s + first[n].delta.detach()))
+        # the reused basis still factors the fused weight, and δ = 0 is that weight exactly
+        w = fused[n].reshape(fused[n].shape[0], -1)
+        torch.testing.assert_close((p.u * p.s) @ p.vh, w, atol=1e-4, rtol=1e-4)
+        assert torch.equal(p(fused[n]), fused[n])
+    adapter.fuse(bb.unet)
+    name, module = next((n, m) for n, m in bb.unet.named_modules() if n in first)
+    with torch.no_grad():
+        module.weight.mul_(2.0)  # changed outside SVDiff: its basis no longer holds
+    adapter.attach(bb.unet)
+    shifts = dict(_shifted(bb.unet))
+    assert shifts[name].u is not first[name].u
+    want = torch.sort(2 * torch.relu(first[name].s + first[name].delta.detach()), descending=True).values
+    torch.testing.assert_close(shifts[name].s, want, atol=1e-4, rtol=1e-4)  # a fresh SVD: sorted singular values
