@@ -3,6 +3,8 @@
 - pairs: vectorised `build_pairs` vs a Python double loop over each prompt's images (same pairs asserted).
 - dpo step: one policy forward over [x_w; x_l] vs two separate forwards (same loss asserted).
 - generation: batched per-sample-seeded generation vs one image at a time (same latents asserted).
+- SVDiff DPO optimizer step (4 accumulated micro-batches, a UNet with 256/512 channels): W(δ) built once per
+  step with the projected gradient vs rebuilt in every forward (same δ gradients asserted).
 """
 
 from __future__ import annotations
@@ -102,6 +104,45 @@ def bench_generate(n: int, repeat: int) -> tuple[float, float]:
     return _time(lambda: run(n), repeat), _time(lambda: run(1), repeat)
 
 
+def bench_svdiff(accumulate: int, repeat: int) -> tuple[float, float]:
+    from diffusers import UNet2DConditionModel
+
+    from .adapters import SVDiff, _shifted
+    from .backbones import build_backbone
+    from .dpo import DiffusionDPOModule
+
+    bb = build_backbone({"name": "tiny", "resolution": 16})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bb.pipe.unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(256, 512), layers_per_block=1, cross_attention_dim=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8, norm_num_groups=32)
+    adapter = SVDiff()
+    adapter.attach(bb.unet)
+    with torch.no_grad():
+        for i, (_, p) in enumerate(_shifted(bb.unet)):
+            p.delta.copy_(0.01 * torch.randn(p.delta.shape, generator=torch.Generator().manual_seed(i)))
+    module = DiffusionDPOModule(bb, beta=50.0, adapter=adapter)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"latents_w": torch.randn(2, 4, 8, 8, generator=g), "latents_l": torch.randn(2, 4, 8, 8, generator=g),
+                "prompt": ["a photo of sks toy"] * 2} for _ in range(accumulate)]
+    shifts = [p for _, p in _shifted(bb.unet)]
+
+    def step(amortized: bool):
+        adapter.amortize(bb.unet, amortized)
+        for p in shifts:
+            p.delta.grad = None
+        for k, b in enumerate(batches):
+            module.training_step(b, k).backward()
+        adapter.before_optimizer_step(bb.unet)
+        return [p.delta.grad for p in shifts]
+
+    for a, b in zip(step(True), step(False)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    return _time(lambda: step(True), repeat), _time(lambda: step(False), repeat)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbdpo.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         ("pairs: 1000 prompts × M=10 (MIX)", "vectorised build_pairs", "python double loop", *bench_pairs(1000, 10, args.repeat)),
         ("DPO forward+backward, 16 pairs", "one forward over [x_w; x_l]", "two forwards", *bench_dpo(16, args.repeat)),
         ("generation, 16 images (tiny)", "batched, per-sample seeds", "one at a time", *bench_generate(16, args.repeat)),
+        ("SVDiff DPO step, 4 micro-batches", "W(δ) once per step", "W(δ) every forward", *bench_svdiff(4, args.repeat)),
     ]
     print(f"torch threads: {args.threads}; best of {args.repeat} runs\n")
     print("| benchmark | ours | baseline | ours (s) | baseline (s) | speed-up |")
