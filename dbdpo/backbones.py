@@ -7,6 +7,7 @@ from open_clip's shipped vocabulary; `sd2`, `sdxl` and any saved pipeline load w
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import warnings
@@ -287,11 +288,27 @@ class Backbone:
         crop top, crop left) of each training image; None: images generated at the training resolution."""
         return cond
 
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The dtype the frozen parts (VAE, text encoders, a full fine-tune's DPO reference) are held in:
+        `backbone.dtype`."""
+        return self.pipe.vae.dtype
+
+    def autocast(self):
+        """Autocast to the frozen parts' half dtype when the pipeline mixes dtypes (an fp32-trained UNet beside a
+        bf16 VAE and text encoders); a no-op when everything shares one dtype."""
+        dtypes = {m.dtype for m in (self.pipe.unet, self.pipe.vae, *self.text_encoders)}
+        if len(dtypes) == 1:
+            return contextlib.nullcontext()
+        half = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
+        return torch.autocast(self.device.type, dtype=half)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list:
         """Diffusion-space latents → PIL images (the pipeline's own post-processing)."""
         vae = self.pipe.vae
-        images = vae.decode(latents.to(vae.device, vae.dtype) / self.scaling_factor, return_dict=False)[0]
+        with self.autocast():
+            images = vae.decode(latents.to(vae.device, vae.dtype) / self.scaling_factor, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images.float(), output_type="pil")
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -355,6 +372,8 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
                              cfg.get("vae"))
     elif name == "tiny" or cfg.get("build") == "tiny":
         pipe = TINY_BUILDERS[kind](resolution=int(cfg.get("resolution", 32)), seed=int(cfg.get("seed", 0)))
+        if dtype != "float32":
+            pipe.to(dtype=_DTYPES[dtype])
     else:
         raise ConfigError(f"backbone '{name}' needs backbone.pretrained (a hub id or a local folder).")
     sampler = cfg.get("sampler")

@@ -97,7 +97,7 @@ class DiffusionDPOModule(L.LightningModule):
         self.adapter = adapter
         self.unet = backbone.unet
         if ref_unet is None and adapter.kind == "full":
-            ref_unet = copy.deepcopy(self.unet)
+            ref_unet = copy.deepcopy(self.unet).to(backbone.frozen_dtype)
         if gradient_checkpointing:  # the policy only: the reference runs without gradients
             self.unet.enable_gradient_checkpointing()
         self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None
@@ -152,7 +152,9 @@ class DiffusionDPOModule(L.LightningModule):
         self.adapter.before_optimizer_step(self.unet)
 
     def configure_optimizers(self):
+        from diffusers.training_utils import cast_training_params
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
+        cast_training_params(self.unet, dtype=torch.float32)  # trainable parameters in fp32 (half-precision bases)
         opt = make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

@@ -326,7 +326,9 @@ def run(cfg: DictConfig) -> dict:
                   "personalize", judge)
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
-    initial = copy.deepcopy(backbone.unet).requires_grad_(False) if cfg.dpo.reference == "initial" else None
+    # a frozen reference is held in the frozen parts' dtype (`backbone.dtype`)
+    initial = copy.deepcopy(backbone.unet).requires_grad_(False).to(backbone.frozen_dtype) \
+        if cfg.dpo.reference == "initial" else None
     full_finetune = make_adapter(cfg.method).kind == "full"
 
     for s in range(1, S + 1):
@@ -353,7 +355,7 @@ def run(cfg: DictConfig) -> dict:
 
         # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
         ref = initial if initial is not None else (
-            copy.deepcopy(backbone.unet).requires_grad_(False) if full_finetune else None)
+            copy.deepcopy(backbone.unet).requires_grad_(False).to(backbone.frozen_dtype) if full_finetune else None)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = {}

@@ -106,7 +106,7 @@ class DreamBoothModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         g = step_generator(self.hparams.seed, self.global_step, batch_idx)
         with torch.no_grad():
-            latents = self.backbone.encode_images(batch["pixels"], generator=g).to(self.device)
+            latents = self.backbone.encode_images(batch["pixels"], generator=g).to(self.device, torch.float32)
         bsz = latents.shape[0]
         prompts, sizes = list(batch["prompt"]), batch.get("size")
         if "class_latents" in batch:  # prior preservation: the class samples join the batch
@@ -142,10 +142,13 @@ class DreamBoothModule(L.LightningModule):
         self.adapter.before_optimizer_step(self.unet)
 
     def configure_optimizers(self):
+        from diffusers.training_utils import cast_training_params
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
         if self.hparams.train_text_encoder:
             groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
                            "lr": self.hparams.lr})
+        for module in (self.unet, *self.text_encoders):  # trainable parameters in fp32 (half-precision bases)
+            cast_training_params(module, dtype=torch.float32)
         return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
 
     def on_train_end(self) -> None:

@@ -394,6 +394,18 @@ def _check_hardware(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"trainer.precision={prec}: this GPU has no bfloat16; use trainer.precision=16-mixed")
 
 
+def _check_precision(cfg: DictConfig, problems: list[str]) -> None:
+    """Half-precision frozen parts (`backbone.dtype`) run under autocast while training: a mixed precision."""
+    b, t = cfg.get("backbone"), cfg.get("trainer")
+    if not isinstance(b, DictConfig) or not isinstance(t, DictConfig):
+        return
+    dtype, prec = str(b.get("dtype", "float32")), str(t.get("precision", "32-true"))
+    if dtype in ("float16", "bfloat16") and prec not in ("16-mixed", "bf16-mixed"):
+        want = "bf16-mixed" if dtype == "bfloat16" else "16-mixed"
+        problems.append(f"backbone.dtype={dtype} holds the frozen parts in half precision; training then needs "
+                        f"trainer.precision={want} (now {prec}), or backbone.dtype=float32")
+
+
 def _check_backbone_folder(cfg: DictConfig, problems: list[str]) -> None:
     """A local `backbone.pretrained` folder is a diffusers pipeline with what its kind needs."""
     import json
@@ -467,6 +479,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_device(cfg, problems)
     _check_hardware(cfg, problems)
     _check_backbone_folder(cfg, problems)
+    _check_precision(cfg, problems)
     _check_across(cfg, problems)
     if problems:
         problems = list(dict.fromkeys(problems))

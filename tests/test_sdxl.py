@@ -200,3 +200,40 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert len(grads[0][1]) == len(grads[1][1]) > 0
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+@pytest.mark.parametrize("kind", ["full", "svdiff", "lora"])
+def test_bf16_frozen_parts_fp32_trainables_and_mixed_precision_training(kind, tmp_path):
+    import types
+
+    import lightning as L
+
+    from dbdpo.adapters import make_adapter
+    from dbdpo.dpo import DiffusionDPOModule, PairDataModule
+
+    bb = build_backbone({**TINY_SDXL, "dtype": "bfloat16"})
+    adapter = make_adapter({"adapter": {"kind": kind, "rank": 2}})
+    adapter.attach(bb.unet)
+    module = DiffusionDPOModule(bb, beta=5000.0, lr=1e-3, adapter=adapter)
+    module.configure_optimizers()
+    trainable = [p for p in bb.unet.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(p.dtype == torch.bfloat16 for c in ("vae", "text_encoder", "text_encoder_2")
+               for p in getattr(bb.pipe, c).parameters())
+    if kind == "full":
+        assert next(module.ref_unet.parameters()).dtype == torch.bfloat16  # the frozen reference in bf16
+    else:
+        assert any(p.dtype == torch.bfloat16 for p in bb.unet.parameters() if not p.requires_grad)
+    lat = torch.randn(4, *bb.latent_shape, generator=torch.Generator().manual_seed(0))
+    samples = types.SimpleNamespace(latents=lat, texts=["a photo of sks dog"] * 4)
+    pairs = types.SimpleNamespace(winner=[0, 1], loser=[2, 3])
+    tr = L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    tr.fit(module, datamodule=PairDataModule(samples, pairs, micro_batch_size=2))
+    assert math.isfinite(tr.callback_metrics["dpo/loss"].item())
+    assert all(p.dtype == torch.float32 for p in trainable)
+    adapter.fuse(bb.unet)
+    # generation with a pipeline of mixed dtypes runs under autocast
+    out = generate(bb, ["a [V*]"], "sks dog", tmp_path / "g", images_per_prompt=1, seed=0, progress=False)
+    assert torch.isfinite(out.latents).all()
