@@ -151,6 +151,11 @@ def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.devi
             text_encoders: bool = False) -> None:
     """Save what a stage trained (the UNet with the text encoders when they trained, or the adapter alone), fuse
     an adapter, and move back to `device`."""
+    import gc
+
+    gc.collect()  # the finished Trainer's optimizer states sit in reference cycles: free them before the next stage
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     if adapter.kind == "full":
         save_unet(backbone.unet, ckpt,
                   dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if text_encoders else None)
