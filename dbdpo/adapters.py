@@ -102,7 +102,8 @@ class Adapter:
 
     def attach(self, unet: nn.Module) -> None:
         unet.requires_grad_(True)
-        unet.to(torch.float32)  # the trained weights are fp32 masters whatever dtype the base was loaded in
+        if unet.dtype != torch.float32:  # the trained weights are fp32 masters whatever dtype the base was loaded in
+            unet.to(torch.float32)
 
     def param_groups(self, unet: nn.Module, lr: float, personalize: bool) -> list[dict]:
         return [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": lr}]

@@ -97,7 +97,8 @@ class DiffusionDPOModule(L.LightningModule):
         self.adapter = adapter
         self.unet = backbone.unet
         if ref_unet is None and adapter.kind == "full":
-            ref_unet = copy.deepcopy(self.unet).to(backbone.frozen_dtype)
+            ref_unet = copy.deepcopy(self.unet)
+            ref_unet = ref_unet.to(backbone.frozen_dtype) if ref_unet.dtype != backbone.frozen_dtype else ref_unet
         if gradient_checkpointing:  # the policy only: the reference runs without gradients
             self.unet.enable_gradient_checkpointing()
         self.ref_unet = ref_unet.requires_grad_(False).eval() if ref_unet is not None else None

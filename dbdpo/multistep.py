@@ -147,15 +147,23 @@ def _restore(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.dev
     return True
 
 
+def _release(backbone: Backbone) -> None:
+    """Free what a finished stage left behind before the next stage allocates its own: the last step's gradients
+    (4 B per trained parameter; a deep-copied DPO reference would copy them too) and what the Trainer and module keep
+    alive in reference cycles (optimizer states, 8 B per trained parameter)."""
+    import gc
+
+    for module in (backbone.unet, *backbone.text_encoders):
+        module.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device,
             text_encoders: bool = False) -> None:
     """Save what a stage trained (the UNet with the text encoders when they trained, or the adapter alone), fuse
     an adapter, and move back to `device`."""
-    import gc
-
-    gc.collect()  # the finished Trainer's optimizer states sit in reference cycles: free them before the next stage
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     if adapter.kind == "full":
         save_unet(backbone.unet, ckpt,
                   dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if text_encoders else None)
@@ -163,6 +171,12 @@ def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.devi
         save_adapter(adapter, backbone.unet, ckpt)
         adapter.fuse(backbone.unet)
     backbone.to(device)
+
+
+def frozen_copy(backbone: Backbone) -> torch.nn.Module:
+    """A frozen copy of the UNet (a full fine-tune's DPO reference), held in the frozen parts' dtype."""
+    ref = copy.deepcopy(backbone.unet).requires_grad_(False)
+    return ref.to(backbone.frozen_dtype) if ref.dtype != backbone.frozen_dtype else ref
 
 
 def memory_options(method: DictConfig) -> dict:
@@ -201,6 +215,8 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
     trainer.fit(module, datamodule=dm)
+    del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
+    _release(backbone)
     _finish(adapter, backbone, ckpt, device, text_encoders=train_te)
 
 
@@ -229,6 +245,8 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
     trainer = make_trainer(cfg, loggers, max_epochs=int(d.epochs), max_steps=max_steps,
                            accumulate_grad_batches=accumulate)
     trainer.fit(module, datamodule=dm)
+    del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
+    _release(backbone)
     _finish(adapter, backbone, ckpt, device)
 
 
@@ -332,8 +350,7 @@ def run(cfg: DictConfig) -> dict:
     record("personalize", ev, 0)
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
     # a frozen reference is held in the frozen parts' dtype (`backbone.dtype`)
-    initial = copy.deepcopy(backbone.unet).requires_grad_(False).to(backbone.frozen_dtype) \
-        if cfg.dpo.reference == "initial" else None
+    initial = frozen_copy(backbone) if cfg.dpo.reference == "initial" else None
     full_finetune = make_adapter(cfg.method).kind == "full"
 
     for s in range(1, S + 1):
@@ -360,7 +377,7 @@ def run(cfg: DictConfig) -> dict:
 
         # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
         ref = initial if initial is not None else (
-            copy.deepcopy(backbone.unet).requires_grad_(False).to(backbone.frozen_dtype) if full_finetune else None)
+            frozen_copy(backbone) if full_finetune else None)
         dpo_step(cfg, backbone, ref, samples, pairs, loggers, ckpt_dir / f"step_{s}", s, device)
         del ref
         ev = {}

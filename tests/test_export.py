@@ -107,6 +107,17 @@ def test_lora_run_exports_pipeline_diffusers_and_kohya(lora_run, base_dir, tmp_p
     assert {k.rsplit(".", 1)[-1] for k in kohya} == {"weight", "alpha"}
     assert all(kohya[k].item() == 12 for k in kohya if k.endswith(".alpha"))
     assert sum(k.endswith("lora_down.weight") for k in kohya) == sum(k.endswith("lora.down.weight") for k in lora)
+    # diffusers' own converter reads the kohya file back to the same tensors (in its attention-processor naming)
+    back, alphas = StableDiffusionPipeline.lora_state_dict(str(kfile), return_alphas=True)
+
+    def norm(k: str) -> str:
+        return k.replace(".processor.to_out_lora.", ".to_out.0.lora.").replace(".processor.", ".").replace(
+            "_lora.", ".lora.")
+
+    assert {norm(k) for k in back} == set(lora)
+    for k, v in back.items():
+        assert torch.equal(v, lora[norm(k)]), k
+    assert set(alphas.values()) == {12.0}
     pipe = StableDiffusionPipeline.from_pretrained(str(base_dir / "tiny"))
     pipe.load_lora_weights(str(kfile))
     torch.testing.assert_close(latents(pipe), want, **TOL)

@@ -102,3 +102,18 @@ def test_prior_loss_adds_the_weighted_class_term(tiny_backbone, concept_dir):
             losses[w] = module.training_step(batch, 0).item()
     prior = losses[1.0] - losses[0.0]
     assert prior > 0 and losses[2.5] - losses[0.0] == pytest.approx(2.5 * prior, rel=1e-5)
+
+
+def test_a_finished_stage_leaves_no_optimizer_or_gradients_behind(tmp_path):
+    """Optimizer states (8 B per trained parameter) and the last gradients (4 B) must not live on into the next
+    stage: at full size they are what runs out of memory (SD2 DreamBooth + text encoder was OOM-killed in DPO)."""
+    import gc
+
+    from dbdpo.multistep import personalize, prepare
+
+    cfg = compose(["backbone=tiny", "method.train_text_encoder=true"], tmp_path / "run")
+    ctx = prepare(cfg)
+    personalize(cfg, ctx.backbone, ctx.concept, [], tmp_path / "run" / "ckpt", ctx.device)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)] == []
+    assert all(p.grad is None for m in (ctx.backbone.unet, *ctx.backbone.text_encoders) for p in m.parameters())
