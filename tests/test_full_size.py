@@ -81,14 +81,16 @@ def test_train_py_on_the_full_size_architecture(model, backbone, tmp_path):
     """One whole train.py (LoRA) at 128 px with tiny N, M and steps; measured figures in experiments/memory.md."""
     import json
 
-    build_pipeline(model, tmp_path / "pipe", dtype=torch.bfloat16)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    # built in its own process: this one keeps its memory small for train.py's (SDXL: ~20 GB)
+    subprocess.run([sys.executable, "-m", "dbdpo.full_size", model, str(tmp_path / "pipe"), "--dtype", "bfloat16"],
+                   check=True, env=env, capture_output=True, timeout=1800)
     args = [f"backbone={backbone}", f"backbone.pretrained={tmp_path / 'pipe'}", "backbone.resolution=128",
             "backbone.num_inference_steps=2", "backbone.dtype=float32", "trainer.precision=32-true", "scorer=tiny",
             "concept=default", "method=lora", "method.max_steps=2", "prompts.n=2", "steps=1",
             "generate.images_per_prompt=2", "generate.batch_size=2", "eval.max_prompts=1", "eval.images_per_prompt=2",
             "dpo.batch_size=2", "dpo.micro_batch_size=1", "dpo.epochs=1", "logger=none", "progress=false",
             "filter=weighted", f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
