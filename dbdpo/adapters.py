@@ -73,13 +73,16 @@ class SpectralShift(nn.Module):
                 self.leaf = self._shifted(original).requires_grad_(True)
         return self.leaf
 
-    def project_grad(self) -> None:
-        """Move the step's accumulated ∂L/∂W onto δ (adding to any gradient δ already has) and drop the leaf."""
+    def project_grad(self, keep_leaf: bool = False) -> None:
+        """Move the accumulated ∂L/∂W onto δ (adding to any gradient δ already has); drop the leaf unless
+        `keep_leaf` (after each backward, so that δ holds its gradient before a GradScaler unscales and checks it)."""
         if self.leaf is not None and self.leaf.grad is not None:
             g = self.leaf.grad.reshape(self.shape[0], -1).float()
             grad = ((self.u.T @ g) * self.vh).sum(dim=1) * (self.s + self.delta > 0)
             self.delta.grad = grad.to(self.delta) if self.delta.grad is None else self.delta.grad + grad.to(self.delta)
-        self.leaf = None
+            self.leaf.grad = None
+        if not keep_leaf:
+            self.leaf = None
 
 
 def _one_d(unet: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -125,6 +128,9 @@ class Adapter:
     def amortize(self, unet: nn.Module, on: bool) -> None:
         """Switch per-optimizer-step weight building on or off while training (SVDiff)."""
 
+    def after_backward(self, unet: nn.Module) -> None:
+        """Called after every backward pass (each micro-batch)."""
+
     def before_optimizer_step(self, unet: nn.Module) -> None:
         """Called after a step's gradients are accumulated, before clipping and the update."""
 
@@ -155,6 +161,10 @@ class SVDiff(Adapter):
         """Build W(δ) once per optimizer step while training (see `SpectralShift`)."""
         for _, p in _shifted(unet):
             p.amortized, p.leaf = on, None
+
+    def after_backward(self, unet: nn.Module) -> None:
+        for _, p in _shifted(unet):
+            p.project_grad(keep_leaf=True)
 
     def before_optimizer_step(self, unet: nn.Module) -> None:
         for _, p in _shifted(unet):

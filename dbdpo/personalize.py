@@ -138,6 +138,9 @@ class DreamBoothModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.adapter.amortize(self.unet, True)
 
+    def on_after_backward(self) -> None:
+        self.adapter.after_backward(self.unet)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         self.adapter.before_optimizer_step(self.unet)
 

@@ -180,6 +180,7 @@ def test_svdiff_amortized_gradients_equal_autograd_through_the_rebuild(tiny_back
         adapter.amortize(bb.unet, amortized)
         for k in range(2):  # two micro-batches of one optimizer step
             module.training_step(_dpo_batch(bb, seed=k), k).backward()
+            module.on_after_backward()  # δ gets its gradient after each backward (before a GradScaler checks it)
         shifts = [p for _, p in _shifted(bb.unet)]
         if amortized:
             assert all(p.rebuilds == 1 for p in shifts)  # once for the step, not per micro-batch or reference pass
