@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .adapters import Adapter
 from .backbones import Conditioning
-from .personalize import PromptEmbeddings, check_finite, diffusion_target, make_optimizer, step_generator
+from .personalize import (PromptEmbeddings, UNetTraining, check_finite, diffusion_target, make_optimizer,
+                          step_generator)
 
 
 def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -80,7 +81,7 @@ class PairDataModule(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers)
 
 
-class DiffusionDPOModule(L.LightningModule):
+class DiffusionDPOModule(UNetTraining):
     """Diffusion-DPO fine-tune of the UNet against a frozen reference UNet."""
 
     def __init__(self, backbone, ref_unet: torch.nn.Module | None = None, beta: float = 5000.0,
@@ -146,25 +147,12 @@ class DiffusionDPOModule(L.LightningModule):
         if self.ref_unet is not None:
             self.ref_unet.eval()
 
-    def on_train_start(self) -> None:
-        self.adapter.amortize(self.unet, True)
-
-    def on_after_backward(self) -> None:
-        self.adapter.after_backward(self.unet)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self.adapter.before_optimizer_step(self.unet)
-
     def configure_optimizers(self):
         from diffusers.training_utils import cast_training_params
+
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
         cast_training_params(self.unet, dtype=torch.float32)  # trainable parameters in fp32 (half-precision bases)
         opt = make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_train_end(self) -> None:
-        self.adapter.amortize(self.unet, False)
-        if self.hparams.gradient_checkpointing:
-            self.unet.disable_gradient_checkpointing()

@@ -71,7 +71,27 @@ class PromptEmbeddings:
         return self.backbone.with_sizes(cond, sizes)
 
 
-class DreamBoothModule(L.LightningModule):
+class UNetTraining(L.LightningModule):
+    """What personalization and DPO share around the UNet they train (`self.unet`, `self.adapter`): the adapter's
+    per-step hooks (SVDiff builds W(δ) once per optimizer step) and gradient checkpointing switched off after the
+    fit."""
+
+    def on_train_start(self) -> None:
+        self.adapter.amortize(self.unet, True)
+
+    def on_after_backward(self) -> None:
+        self.adapter.after_backward(self.unet)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.adapter.before_optimizer_step(self.unet)
+
+    def on_train_end(self) -> None:
+        self.adapter.amortize(self.unet, False)
+        if self.hparams.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+
+
+class DreamBoothModule(UNetTraining):
     """DreamBooth fine-tune of the UNet (or of the adapter attached to it); the VAE stays frozen, the text
     encoder(s) train with the UNet when `train_text_encoder` (diffusers' `--train_text_encoder`).
 
@@ -135,17 +155,9 @@ class DreamBoothModule(L.LightningModule):
         for te in self.text_encoders:
             te.train(self.hparams.train_text_encoder)
 
-    def on_train_start(self) -> None:
-        self.adapter.amortize(self.unet, True)
-
-    def on_after_backward(self) -> None:
-        self.adapter.after_backward(self.unet)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self.adapter.before_optimizer_step(self.unet)
-
     def configure_optimizers(self):
         from diffusers.training_utils import cast_training_params
+
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
         if self.hparams.train_text_encoder:
             groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
@@ -155,9 +167,7 @@ class DreamBoothModule(L.LightningModule):
         return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
 
     def on_train_end(self) -> None:
-        self.adapter.amortize(self.unet, False)
-        if self.hparams.gradient_checkpointing:
-            self.unet.disable_gradient_checkpointing()
+        super().on_train_end()
         for te in self.text_encoders:
             te.requires_grad_(False).eval()
 
