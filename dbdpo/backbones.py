@@ -311,11 +311,18 @@ class Backbone:
             images = vae.decode(latents.to(vae.device, vae.dtype) / self.scaling_factor, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images.float(), output_type="pil")
 
-    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Pixels in [−1, 1] (B,3,H,W) → diffusion-space latents (sampled from the VAE posterior, scaled)."""
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None,
+                      noise_rows: torch.Tensor | None = None, noise_total: int | None = None) -> torch.Tensor:
+        """Pixels in [−1, 1] (B,3,H,W) → diffusion-space latents (sampled from the VAE posterior, scaled).
+
+        With `noise_rows`, the posterior's noise is drawn for a batch of `noise_total` images (as diffusers draws
+        it) and these rows are kept: one process's slice of a batch split across processes."""
         vae = self.pipe.vae
         dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        return dist.sample(generator=generator) * self.scaling_factor
+        if noise_rows is None:
+            return dist.sample(generator=generator) * self.scaling_factor
+        eps = torch.randn((noise_total, *dist.mean.shape[1:]), generator=generator, dtype=dist.parameters.dtype)
+        return (dist.mean + dist.std * eps[noise_rows].to(dist.mean.device)) * self.scaling_factor
 
     def save(self, path: str | os.PathLike) -> Path:
         self.pipe.save_pretrained(str(path), safe_serialization=True)

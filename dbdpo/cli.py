@@ -17,6 +17,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # a resumed stage writes its mid-stage checkpoints into the folder its killed run left
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .*partial exists and is not empty.*")
     # The frozen VAE, text encoder and DPO reference stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 

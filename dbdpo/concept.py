@@ -14,8 +14,9 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from .checkpointing import ResumableLoader
 from .errors import ConfigError, DataError, DbdpoError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -158,7 +159,8 @@ class ConceptDataset(Dataset):
 
     def __init__(self, images: list[Image.Image], prompt: str, repeats: int = 1, random_flip: bool = False,
                  sizes: list[tuple[int, int, int, int]] | None = None, class_latents: torch.Tensor | None = None,
-                 class_prompt: str | None = None):
+                 class_prompt: str | None = None, seed: int = 0):
+        self.seed = seed
         self.pixels = [to_tensor(im) for im in images]
         self.class_latents, self.class_prompt = class_latents, class_prompt
         self.sizes = [torch.tensor(s) for s in sizes] if sizes else \
@@ -172,7 +174,8 @@ class ConceptDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         x = self.pixels[i % len(self.pixels)]
-        if self.random_flip and torch.rand(()) < 0.5:
+        # the flip of item i is drawn from its own generator: independent of what ran before (mid-stage resume)
+        if self.random_flip and torch.rand((), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + i)) < 0.5:
             x = x.flip(-1)  # a centre crop stays centred: the size conditions do not change
         item = {"pixels": x, "prompt": self.prompt, "size": self.sizes[i % len(self.pixels)]}
         if self.class_latents is not None:  # prior preservation: the i-th class sample (stored latents)
@@ -207,9 +210,18 @@ class ConceptDataModule(L.LightningDataModule):
             cs = self.class_samples
             self.dataset = ConceptDataset(images, self.prompt, self.repeats, self.random_flip, sizes,
                                           class_latents=cs.latents if cs is not None else None,
-                                          class_prompt=cs.texts[0] if cs is not None else None)
+                                          class_prompt=cs.texts[0] if cs is not None else None, seed=self.seed)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        from torch.utils.data import RandomSampler
+
+        from .distributed import RankBatches, rank, world_size
+
         self.setup()
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed), drop_last=False)
+        g = torch.Generator().manual_seed(self.seed)
+        if world_size() > 1:  # each process its slice of the 1-process batches (`batch_size` is the global batch)
+            batches = RankBatches(RandomSampler(self.dataset, generator=g), self.batch_size, "slice", rank(),
+                                  world_size())
+            return ResumableLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=g)
+        return ResumableLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                               generator=g, drop_last=False)

@@ -18,10 +18,12 @@ import copy
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .adapters import Adapter
 from .backbones import Conditioning
+from .checkpointing import ResumableLoader
+from .distributed import rank, world_size
 from .personalize import (PromptEmbeddings, UNetTraining, check_finite, diffusion_target, make_optimizer,
                           step_generator)
 
@@ -62,8 +64,10 @@ class PairDataset(Dataset):
         return len(self.winner)
 
     def __getitem__(self, i: int) -> dict:
+        pad = i < 0  # a padding item (`distributed.RankBatches`): pair −1 − i, ignored by the loss
+        i = -1 - i if pad else i
         w, l = self.winner[i], self.loser[i]
-        return {"latents_w": self.latents[w], "latents_l": self.latents[l], "prompt": self.texts[w]}
+        return {"latents_w": self.latents[w], "latents_l": self.latents[l], "prompt": self.texts[w], "pad": pad}
 
 
 class PairDataModule(L.LightningDataModule):
@@ -76,8 +80,17 @@ class PairDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.micro_batch_size, shuffle=True,
+    def train_dataloader(self) -> ResumableLoader:
+        from torch.utils.data import RandomSampler
+
+        from .distributed import RankBatches, rank, world_size
+
+        if world_size() > 1:  # process r trains the 1-process run's micro-batches r, r+W, …
+            g = torch.Generator().manual_seed(self.seed)
+            batches = RankBatches(RandomSampler(self.dataset, generator=g), self.micro_batch_size, "round", rank(),
+                                  world_size())
+            return ResumableLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=g)
+        return ResumableLoader(self.dataset, batch_size=self.micro_batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers)
 
 
@@ -116,7 +129,10 @@ class DiffusionDPOModule(UNetTraining):
     def training_step(self, batch, batch_idx):
         lw, ll = batch["latents_w"], batch["latents_l"]
         bsz = lw.shape[0]
-        g = step_generator(self.hparams.seed, self.hparams.outer_step, self.global_step, batch_idx)
+        # with W processes this is the 1-process run's micro-batch batch_idx·W + r: its noise, its timesteps
+        world = world_size()
+        g = step_generator(self.hparams.seed, self.hparams.outer_step, self.global_step,
+                           batch_idx * world + rank() if world > 1 else batch_idx)
         noise = torch.randn(lw.shape, generator=g).to(lw)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g).to(self.device)
         x0 = torch.cat([lw, ll])
@@ -134,6 +150,9 @@ class DiffusionDPOModule(UNetTraining):
                     ref_w, ref_l = self.mse_pairs(self.unet, noisy, t2, cond, target)
         out = dpo_loss(model_w, model_l, ref_w, ref_l, self.hparams.beta)
         check_finite(out["loss"], "DPO", self.global_step)
+        pad = batch.get("pad")
+        if pad is not None and bool(torch.as_tensor(pad).all()):  # no micro-batch left for this process: zero gradient
+            return out["loss"] * 0.0
         logs = {f"dpo/{k}": v for k, v in out.items()}
         logs.update({"dpo/mse/model_w": model_w.mean(), "dpo/mse/model_l": model_l.mean(),
                      "dpo/mse/ref_w": ref_w.mean(), "dpo/mse/ref_l": ref_l.mean()})
@@ -147,12 +166,11 @@ class DiffusionDPOModule(UNetTraining):
         if self.ref_unet is not None:
             self.ref_unet.eval()
 
-    def configure_optimizers(self):
-        from diffusers.training_utils import cast_training_params
+    def param_groups(self) -> list[dict]:
+        return self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
 
-        groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=False)
-        cast_training_params(self.unet, dtype=torch.float32)  # trainable parameters in fp32 (half-precision bases)
-        opt = make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
+    def configure_optimizers(self):
+        opt = make_optimizer(self.trained_groups(), self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
         warm = max(0, int(self.hparams.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

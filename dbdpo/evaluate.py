@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .distributed import is_main
 from .generate import SampleSet, generate
 from .io import atomic_write, read_json, write_json
 
@@ -67,6 +68,7 @@ def evaluate(backbone, scorer, concept, concept_emb, prompts: Sequence[str], out
         "images_per_prompt": images_per_prompt,
         "n_prompts": len(prompts),
     }
-    save_grid(samples, out_dir / "grid.png", per_prompt=min(images_per_prompt, 4))
-    write_json(result_file, result)
+    if is_main():
+        save_grid(samples, out_dir / "grid.png", per_prompt=min(images_per_prompt, 4))
+        write_json(result_file, result)
     return result

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .distributed import barrier, is_main, main_writes, mine
 from .errors import DbdpoError
 from .io import read_json, write_json
 from .prompts.dreambench import PLACEHOLDER
@@ -137,15 +138,19 @@ def generate(
         if read_json(manifest) != settings:
             raise DbdpoError(f"{out_dir} holds samples generated with other settings; remove it or choose "
                              "another run directory (hydra.run.dir=...) to start fresh.")
-    else:
-        write_json(manifest, settings)
-    for stale in out_dir.glob(".tmp_shard_*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    with main_writes() as main:  # with several processes, process 0 writes and the others wait
+        if main:
+            if not manifest.exists():
+                write_json(manifest, settings)
+            for stale in out_dir.glob(".tmp_shard_*"):
+                shutil.rmtree(stale, ignore_errors=True)
 
     shards = [range(i, min(i + prompts_per_shard, len(prompts))) for i in range(0, len(prompts), prompts_per_shard)]
-    todo = [k for k in range(len(shards)) if not (out_dir / _shard_name(k)).exists()]
-    done = sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo)) * images_per_prompt
-    bar = tqdm(total=len(prompts) * images_per_prompt, initial=done, desc=desc, unit="img", disable=not progress)
+    # shard k is made by process k mod W (all of them with one process)
+    todo = [k for k in range(len(shards)) if mine(k) and not (out_dir / _shard_name(k)).exists()]
+    total = sum(len(shards[k]) for k in range(len(shards)) if mine(k)) * images_per_prompt
+    done = total - sum(len(shards[k]) for k in todo) * images_per_prompt
+    bar = tqdm(total=total, initial=done, desc=desc, unit="img", disable=not progress or not is_main())
     cache = Path(cache_dir) if cache_dir is not None and todo else None
     fingerprint = model_fingerprint(backbone) if cache is not None else ""
     if cache is not None:
@@ -185,6 +190,7 @@ def generate(
             shutil.rmtree(ctmp, ignore_errors=True)
         os.replace(tmp, out_dir / _shard_name(k))
     bar.close()
+    barrier()  # every process's shards are in place
     return load_samples(out_dir)
 
 

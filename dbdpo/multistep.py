@@ -25,8 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .adapters import ADAPTER_FILE, Adapter, load_adapter_file, make_adapter, save_adapter
 from .backbones import Backbone, build_backbone
+from .checkpointing import (AtomicCheckpointIO, checkpoint_settings, discard, partial_dir, resume_point,
+                            stage_callbacks)
 from .concept import Concept, ConceptDataModule, build_concept, load_concept_images
 from .dpo import DiffusionDPOModule, PairDataModule
+from .distributed import finish, is_main, launch, local_rank, main_writes, world_size
 from .errors import ConfigError
 from .evaluate import evaluate, mean_std, save_grid
 from .generate import generate
@@ -89,10 +92,28 @@ def instantiate_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def make_trainer(cfg: DictConfig, loggers: list, **overrides: Any) -> L.Trainer:
+def make_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, **overrides: Any) -> L.Trainer:
+    """The configured Lightning Trainer; with a ModelCheckpoint among `callbacks`, checkpoints are written
+    atomically (`AtomicCheckpointIO`)."""
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    return instantiate(cfg.trainer, logger=loggers or False, **overrides)
+    from .schema import TRAINER_EXTRAS
+
+    t = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TRAINER_EXTRAS}
+    if world_size() > 1:  # the processes are running (`distributed.launch`); batches are split by RankBatches
+        if t.get("strategy") in (None, "auto"):
+            t["strategy"] = "ddp"
+        t["use_distributed_sampler"] = False
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks or ())
+    if checkpointing:
+        overrides.update(enable_checkpointing=True, plugins=[AtomicCheckpointIO()])
+    return instantiate(t, logger=loggers or False, callbacks=callbacks or None, **overrides)
+
+
+def fit_stage(trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule, folder: Path) -> None:
+    """`trainer.fit`, continuing from the newest mid-stage checkpoint in `folder` when there is one."""
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_point(folder), weights_only=True)
 
 
 def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
@@ -109,8 +130,11 @@ def log_images(loggers: list, key: str, paths: list[Path]) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`device` (auto | cpu | cuda[:k]); with several processes, CUDA means this process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world_size() > 1:
+        return torch.device("cuda", local_rank())
     try:
         dev = torch.device(name)
     except RuntimeError as e:
@@ -162,13 +186,15 @@ def _release(backbone: Backbone) -> None:
 
 def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device,
             text_encoders: bool = False) -> None:
-    """Save what a stage trained (the UNet with the text encoders when they trained, or the adapter alone), fuse
-    an adapter, and move back to `device`."""
-    if adapter.kind == "full":
-        save_unet(backbone.unet, ckpt,
-                  dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if text_encoders else None)
-    else:
-        save_adapter(adapter, backbone.unet, ckpt)
+    """Save what a stage trained (the UNet with the text encoders when they trained, or the adapter alone; process
+    0 writes, every process has the same weights), fuse an adapter, and move back to `device`."""
+    with main_writes() as main:
+        if main and adapter.kind == "full":
+            save_unet(backbone.unet, ckpt,
+                      dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if text_encoders else None)
+        elif main:
+            save_adapter(adapter, backbone.unet, ckpt)
+    if adapter.kind != "full":
         adapter.fuse(backbone.unet)
     backbone.to(device)
 
@@ -213,11 +239,16 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
                               adapter=adapter, train_text_encoder=train_te,
                               prior_loss_weight=float(m.get("prior_loss_weight", 1.0)), **memory_options(m))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1, callbacks=callbacks or None)
-    trainer.fit(module, datamodule=dm)
+    partial = partial_dir(ckpt)
+    trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1,
+                           callbacks=[*(callbacks or []), *stage_callbacks(partial, *checkpoint_settings(cfg.trainer))])
+    fit_stage(trainer, module, dm, partial)
     del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
     _release(backbone)
     _finish(adapter, backbone, ckpt, device, text_encoders=train_te)
+    with main_writes() as main:
+        if main:
+            discard(partial)
 
 
 def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dict[str, np.ndarray]:
@@ -228,12 +259,13 @@ def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dic
 
 
 def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, loggers: list, ckpt: Path,
-             step: int, device: torch.device) -> None:
+             step: int, device: torch.device, callbacks: list | None = None) -> None:
     adapter = make_adapter(cfg.method)  # DPO trains what personalization trained: a fresh adapter on θ_{s−1}
     if _restore(adapter, backbone, ckpt, device):
         return
     d = cfg.dpo
-    accumulate = int(d.batch_size) // int(d.micro_batch_size)
+    # dpo.batch_size pairs per optimizer step whatever the number of processes (each accumulates its share)
+    accumulate = int(d.batch_size) // (int(d.micro_batch_size) * world_size())
     dm = PairDataModule(samples, pairs, micro_batch_size=int(d.micro_batch_size), seed=int(cfg.seed) + step)
     adapter.attach(backbone.unet)
     lr = float(d.lr) if adapter.kind == "full" else float(cfg.method.adapter.get("dpo_lr") or d.lr)
@@ -242,12 +274,17 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
                                 seed=int(cfg.seed), outer_step=step, adapter=adapter, **memory_options(cfg.method))
     L.seed_everything(int(cfg.seed) + step, workers=True, verbose=False)
     max_steps = int(d.max_steps) if d.get("max_steps") else -1
+    partial = partial_dir(ckpt)
     trainer = make_trainer(cfg, loggers, max_epochs=int(d.epochs), max_steps=max_steps,
-                           accumulate_grad_batches=accumulate)
-    trainer.fit(module, datamodule=dm)
+                           accumulate_grad_batches=accumulate,
+                           callbacks=[*(callbacks or []), *stage_callbacks(partial, *checkpoint_settings(cfg.trainer))])
+    fit_stage(trainer, module, dm, partial)
     del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
     _release(backbone)
     _finish(adapter, backbone, ckpt, device)
+    with main_writes() as main:
+        if main:
+            discard(partial)
 
 
 def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
@@ -275,7 +312,9 @@ def prepare(cfg: DictConfig) -> RunContext:
     from .scores import build_scorer
 
     concept = build_concept(cfg.concept)
-    concept.prepare(int(cfg.backbone.resolution))
+    with main_writes() as main:  # the photos are written once
+        if main:
+            concept.prepare(int(cfg.backbone.resolution))
     concept_images = load_concept_images(concept.path)  # fails early with a clear message
     device = resolve_device(str(cfg.device))
     backbone = build_backbone(cfg.backbone).to(device)
@@ -304,9 +343,12 @@ def run(cfg: DictConfig) -> dict:
     from .prompts import read_pool, split_pool, write_pool
 
     validate(cfg)
+    launch(cfg)  # with trainer.devices > 1 the other processes start here and every process runs what follows
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with main_writes() as main:
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(int(cfg.seed))
 
     ctx = prepare(cfg)
@@ -314,19 +356,19 @@ def run(cfg: DictConfig) -> dict:
     concept_emb, judge = ctx.concept_emb, ctx.judge
     filt = make_filter(cfg.filter)
     S = int(cfg.steps)
-    loggers = instantiate_loggers(cfg)
+    main = is_main()
+    loggers = instantiate_loggers(cfg) if main else []  # process 0 logs
 
     # The prompt pool, split into S disjoint parts (written once, reread on resume).
     pool_file = run_dir / "prompts" / "pool.jsonl"
-    if pool_file.exists():
-        pool = read_pool(pool_file)
-    else:
-        coco = None
-        if cfg.prompts.get("coco_prompts"):
-            coco = [ln.strip() for ln in Path(cfg.prompts.coco_prompts).read_text().splitlines() if ln.strip()]
-        pool = concept.prompt_pool(int(cfg.prompts.n), int(cfg.prompts.seed),
-                                   float(cfg.prompts.coco_fraction), coco_prompts=coco)
-        write_pool(pool_file, pool)
+    with main_writes() as writer:
+        if writer and not pool_file.exists():
+            coco = None
+            if cfg.prompts.get("coco_prompts"):
+                coco = [ln.strip() for ln in Path(cfg.prompts.coco_prompts).read_text().splitlines() if ln.strip()]
+            write_pool(pool_file, concept.prompt_pool(int(cfg.prompts.n), int(cfg.prompts.seed),
+                                                      float(cfg.prompts.coco_fraction), coco_prompts=coco))
+    pool = read_pool(pool_file)
     parts = split_pool(pool, S)
     prompts_eval = eval_prompts(cfg, concept)
 
@@ -336,6 +378,8 @@ def run(cfg: DictConfig) -> dict:
     metrics.update({"concept": concept.name, "backbone": backbone.name, "filter": cfg.filter.name, "steps": S})
 
     def record(stage: str, values: dict, idx: int) -> None:
+        if not main:
+            return
         metrics["stages"][stage] = values
         write_json(metrics_file, metrics)
         flat = {k: v["mean"] if isinstance(v, dict) else v for k, v in values.items()
@@ -356,7 +400,8 @@ def run(cfg: DictConfig) -> dict:
     for s in range(1, S + 1):
         step_dir = run_dir / f"step_{s}"
         part = [p.prompt for p in parts[s - 1]]
-        write_pool(step_dir / "prompts.jsonl", parts[s - 1])
+        if main:
+            write_pool(step_dir / "prompts.jsonl", parts[s - 1])
         samples = generate(backbone, part, concept.holder, step_dir / "samples", int(cfg.generate.images_per_prompt),
                            seed=int(cfg.seed) * 1000 + s, batch_size=int(cfg.generate.batch_size),
                            prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
@@ -365,14 +410,15 @@ def run(cfg: DictConfig) -> dict:
         scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
         pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)
         stats = pair_stats(pairs)
-        write_json(step_dir / "pairs.json", {"winner": pairs.winner.tolist(), "loser": pairs.loser.tolist(),
-                                             "d_ts": pairs.d_ts.tolist(), "d_is": pairs.d_is.tolist(),
-                                             "alpha": pairs.alpha.tolist(), "filter": filt.to_dict()})
-        write_json(step_dir / "pair_stats.json", stats)
-        plot_alpha_hist(pairs, filt, step_dir / "alpha_hist.png")
-        save_grid(samples, step_dir / "samples_grid.png", per_prompt=min(4, int(cfg.generate.images_per_prompt)),
-                  max_prompts=8)
-        log_images(loggers, f"pairs/alpha_hist/step_{s}", [step_dir / "alpha_hist.png"])
+        if main:  # every process built the same pairs from the same scores
+            write_json(step_dir / "pairs.json", {"winner": pairs.winner.tolist(), "loser": pairs.loser.tolist(),
+                                                 "d_ts": pairs.d_ts.tolist(), "d_is": pairs.d_is.tolist(),
+                                                 "alpha": pairs.alpha.tolist(), "filter": filt.to_dict()})
+            write_json(step_dir / "pair_stats.json", stats)
+            plot_alpha_hist(pairs, filt, step_dir / "alpha_hist.png")
+            save_grid(samples, step_dir / "samples_grid.png",
+                      per_prompt=min(4, int(cfg.generate.images_per_prompt)), max_prompts=8)
+            log_images(loggers, f"pairs/alpha_hist/step_{s}", [step_dir / "alpha_hist.png"])
         require_pairs(pairs, filt, step=s)
 
         # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
@@ -391,7 +437,9 @@ def run(cfg: DictConfig) -> dict:
 
     for lg in loggers:
         lg.finalize("success")
-    print_summary(metrics, getattr(judge, "labels", None))
+    if main:
+        print_summary(metrics, getattr(judge, "labels", None))
+    finish()  # the processes this one started
     return metrics
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .adapters import Adapter
 from .backbones import Conditioning
+from .distributed import rank_rows, world_size
 from .errors import DbdpoError
 
 
@@ -76,8 +77,36 @@ class UNetTraining(L.LightningModule):
     per-step hooks (SVDiff builds W(δ) once per optimizer step) and gradient checkpointing switched off after the
     fit."""
 
+    strict_loading = False  # mid-stage checkpoints hold only what trains (`checkpointing.trainable_state`)
+
+    def trained_modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet,)
+
+    def param_groups(self) -> list[dict]:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        from diffusers.training_utils import cast_training_params
+
+        self._groups = self.param_groups()  # marks what trains (requires_grad)
+        # trainable parameters in fp32 beside half-precision frozen parts, before a mid-stage checkpoint loads
+        for module in self.trained_modules():
+            cast_training_params(module, dtype=torch.float32)
+
+    def trained_groups(self) -> list[dict]:
+        if not hasattr(self, "_groups"):  # used outside a Trainer
+            self.setup("fit")
+        return self._groups
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from .checkpointing import trainable_state
+
+        checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
+
     def on_train_start(self) -> None:
-        self.adapter.amortize(self.unet, True)
+        # SVDiff's per-step weight building hands δ its gradient outside autograd, where DDP cannot see it: with
+        # several processes W(δ) is rebuilt per forward instead
+        self.adapter.amortize(self.unet, world_size() == 1)
 
     def on_after_backward(self) -> None:
         self.adapter.after_backward(self.unet)
@@ -125,18 +154,32 @@ class DreamBoothModule(UNetTraining):
 
     def training_step(self, batch, batch_idx):
         g = step_generator(self.hparams.seed, self.global_step, batch_idx)
+        world = world_size()
+        bsz = batch["pixels"].shape[0]
+        # With W processes each trains on its slice of the 1-process batch (B = W·bsz images): every random draw is
+        # made for the whole batch and this process keeps its rows, so W processes train like one.
+        n_global = bsz * world
         with torch.no_grad():
-            latents = self.backbone.encode_images(batch["pixels"], generator=g).to(self.device, torch.float32)
-        bsz = latents.shape[0]
+            latents = self.backbone.encode_images(batch["pixels"], generator=g,
+                                                  noise_rows=rank_rows(bsz, n_global) if world > 1 else None,
+                                                  noise_total=n_global).to(self.device, torch.float32)
         prompts, sizes = list(batch["prompt"]), batch.get("size")
+        groups = 1
         if "class_latents" in batch:  # prior preservation: the class samples join the batch
             latents = torch.cat([latents, batch["class_latents"].to(latents)])
             prompts += list(batch["class_prompt"])
             r = self.backbone.resolution
             sizes = torch.cat([sizes, torch.tensor([[r, r, 0, 0]] * bsz)]) if sizes is not None else None
-        noise = torch.randn(latents.shape, generator=g).to(latents)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                          generator=g).to(self.device)
+            groups = 2
+        if world > 1:
+            rows = rank_rows(bsz, n_global, groups)
+            noise = torch.randn((n_global * groups, *latents.shape[1:]), generator=g)[rows].to(latents)
+            t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n_global * groups,),
+                              generator=g)[rows].to(self.device)
+        else:
+            noise = torch.randn(latents.shape, generator=g).to(latents)
+            t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(prompts, sizes).to(dtype=latents.dtype)
         pred = self.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
@@ -155,16 +198,18 @@ class DreamBoothModule(UNetTraining):
         for te in self.text_encoders:
             te.train(self.hparams.train_text_encoder)
 
-    def configure_optimizers(self):
-        from diffusers.training_utils import cast_training_params
+    def trained_modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet, *self.text_encoders)
 
+    def param_groups(self) -> list[dict]:
         groups = self.adapter.param_groups(self.unet, self.hparams.lr, personalize=True)
         if self.hparams.train_text_encoder:
             groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
                            "lr": self.hparams.lr})
-        for module in (self.unet, *self.text_encoders):  # trainable parameters in fp32 (half-precision bases)
-            cast_training_params(module, dtype=torch.float32)
-        return make_optimizer(groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
+        return groups
+
+    def configure_optimizers(self):
+        return make_optimizer(self.trained_groups(), self.hparams.lr, self.hparams.weight_decay, self.hparams.optimizer)
 
     def on_train_end(self) -> None:
         super().on_train_end()

@@ -314,6 +314,10 @@ def _check_node(cfg: DictConfig, cls, prefix: str, problems: list[str], open_key
             problems.append(f"{prefix}{key}: missing; it has no default")
 
 
+# dbdpo's own settings in the trainer group: mid-stage checkpoints every N optimizer steps (0: off), keep the newest K
+TRAINER_EXTRAS = {"checkpoint_every": 0, "checkpoint_keep": 1}
+
+
 def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
     import lightning as L
 
@@ -323,8 +327,12 @@ def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
         return
     params = inspect.signature(L.Trainer.__init__).parameters
     for key in t:
-        if key != "_target_" and key not in params:
+        if key != "_target_" and key not in params and key not in TRAINER_EXTRAS:
             problems.append(f"trainer.{key}: not an argument of lightning.Trainer")
+    for key, low in TRAINER_EXTRAS.items():
+        v = t.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            problems.append(f"trainer.{key}={_show(v)}: must be an integer ≥ {low}")
     prec = t.get("precision")
     if prec is not None and str(prec) not in PRECISIONS:
         problems.append(f"trainer.precision={prec!r}: must be one of {', '.join(PRECISIONS)}")

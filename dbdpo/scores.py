@@ -406,9 +406,20 @@ def score_generation(
 
     from .io import read_json, write_json
 
+    from .distributed import barrier, is_main, mine, world_size
+
     shard_of = [Path(p).parent.name for p in samples.images]
     out = {"is": np.zeros(len(samples), dtype=np.float32), "ts": np.zeros(len(samples), dtype=np.float32)}
-    for shard in tqdm(list(dict.fromkeys(shard_of)), desc="score", unit="shard", disable=not progress):
+    shards = list(dict.fromkeys(shard_of))
+    if world_size() > 1:  # process r scores shards k ≡ r (mod W) into out_dir, then every process reads them all
+        if out_dir is None:
+            raise DbdpoError("scoring with several processes needs an out_dir for the shards' scores")
+        for k in tqdm([k for k in range(len(shards)) if mine(k)], desc="score", unit="shard",
+                      disable=not progress or not is_main()):
+            score_generation_shard(scorer, samples, shard_of, shards[k], concept_emb, holder, text_variant,
+                                   class_name, out_dir)
+        barrier()
+    for shard in tqdm(shards, desc="score", unit="shard", disable=not progress or world_size() > 1):
         idx = [i for i, s in enumerate(shard_of) if s == shard]
         cache = Path(out_dir) / f"{shard}.json" if out_dir is not None else None
         if cache is not None and cache.exists():
@@ -423,3 +434,18 @@ def score_generation(
         out["is"][idx] = got["is"]
         out["ts"][idx] = got["ts"]
     return out
+
+
+def score_generation_shard(scorer, samples, shard_of: list[str], shard: str, concept_emb, holder: str,
+                           text_variant: str, class_name: str | None, out_dir) -> None:
+    """Score one shard into `out_dir/<shard>.json` unless it is there."""
+    from .io import write_json
+
+    cache = Path(out_dir) / f"{shard}.json"
+    if cache.exists():
+        return
+    idx = [i for i, s in enumerate(shard_of) if s == shard]
+    sc = score_images(scorer, samples.load_images(idx), [samples.prompts[i] for i in idx], holder, concept_emb,
+                      text_variant=text_variant, class_name=class_name)
+    write_json(cache, {"is": sc["is"].tolist(), "ts": sc["ts"].tolist(),
+                       "text": [remove_subject(samples.prompts[i], holder, text_variant, class_name) for i in idx]})
