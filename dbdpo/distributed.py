@@ -92,12 +92,13 @@ def _visible(accelerator: str) -> int:
     return 1
 
 
-def _external_environment() -> bool:
-    """A cluster started the processes (SLURM tasks, torchrun): join them instead of spawning."""
+def _external_environment(world: int) -> bool:
+    """A cluster started the processes (torchrun, or one SLURM task per device as Lightning expects them): join
+    them instead of spawning."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     return TorchElasticEnvironment.detect() or (SLURMEnvironment.detect() and
-                                                 int(os.environ.get("SLURM_NTASKS", "1")) > 1)
+                                                 int(os.environ.get("SLURM_NTASKS", "1")) == world)
 
 
 def _child_command(local: int) -> tuple[list[str], str]:
@@ -127,13 +128,19 @@ def launch(cfg) -> None:
 
     t = cfg.trainer
     devices, nodes = t.get("devices", 1), int(t.get("num_nodes", 1) or 1)
-    if not _external_environment() and "LOCAL_RANK" not in os.environ:
+    if not _external_environment(devices_of(cfg)) and "LOCAL_RANK" not in os.environ:
         env = LightningEnvironment()
         os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
                           NODE_RANK=str(env.node_rank()), LOCAL_RANK="0", WORLD_SIZE=str(devices_of(cfg)))
         for local in range(1, devices_of(cfg) // nodes):
             cmd, cwd = _child_command(local)
             _PROCS.append(subprocess.Popen(cmd, env={**os.environ, "LOCAL_RANK": str(local)}, cwd=cwd))
+        try:  # Lightning's watchdog: when one process dies, the others are stopped rather than left in a collective
+            from lightning.fabric.strategies.launchers.subprocess_script import _launch_process_observer
+
+            _launch_process_observer(_PROCS)
+        except ImportError:
+            pass
         log.info("started %d more processes for trainer.devices=%s", len(_PROCS), devices)
     fabric = L.Fabric(accelerator=str(t.get("accelerator", "auto")), devices=devices, num_nodes=nodes,
                       strategy="ddp")

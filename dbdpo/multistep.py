@@ -31,6 +31,7 @@ from .concept import Concept, ConceptDataModule, build_concept, load_concept_ima
 from .dpo import DiffusionDPOModule, PairDataModule
 from .distributed import finish, is_main, launch, local_rank, main_writes, world_size
 from .errors import ConfigError
+from .preflight import check_disk, check_writable, estimate_bytes
 from .evaluate import evaluate, mean_std, save_grid
 from .generate import generate
 from .io import read_json, write_json
@@ -142,6 +143,19 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu.")
     return dev
+
+
+def preflight_disk(cfg: DictConfig, backbone: Backbone, run_dir: Path, n_eval_prompts: int) -> None:
+    """Stop before any training when the run's disk cannot hold what it will write (`preflight.estimate_bytes`).
+    What trains: the UNet (and text encoders) of a full fine-tune; an adapter counts as 1 % of the UNet, above
+    what LoRA rank 4 or SVDiff's spectral shifts hold."""
+    unet = sum(p.numel() for p in backbone.unet.parameters())
+    if make_adapter(cfg.method).kind == "full":
+        trained = unet + (sum(p.numel() for te in backbone.text_encoders for p in te.parameters())
+                          if cfg.method.get("train_text_encoder") else 0)
+    else:
+        trained = max(1, unet // 100)
+    check_disk(run_dir, estimate_bytes(cfg, backbone, n_eval_prompts, trained, trained))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -343,8 +357,9 @@ def run(cfg: DictConfig) -> dict:
     from .prompts import read_pool, split_pool, write_pool
 
     validate(cfg)
-    launch(cfg)  # with trainer.devices > 1 the other processes start here and every process runs what follows
     run_dir = Path(cfg.paths.output_dir)
+    check_writable(run_dir)
+    launch(cfg)  # with trainer.devices > 1 the other processes start here and every process runs what follows
     with main_writes() as main:
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +386,7 @@ def run(cfg: DictConfig) -> dict:
     pool = read_pool(pool_file)
     parts = split_pool(pool, S)
     prompts_eval = eval_prompts(cfg, concept)
+    preflight_disk(cfg, backbone, run_dir, len(prompts_eval))
 
     metrics_file = run_dir / "metrics.json"
     metrics: dict[str, Any] = read_json(metrics_file) if metrics_file.exists() else {}

@@ -438,6 +438,56 @@ def _check_backbone_folder(cfg: DictConfig, problems: list[str]) -> None:
                         f"(backbone.kind={b.get('kind')} needs them)")
 
 
+def _check_processes(cfg: DictConfig, problems: list[str]) -> None:
+    """`trainer.devices` / `strategy` / `num_nodes`: processes this machine can run, a strategy Lightning knows and
+    dbdpo splits its work for, batches that divide among the processes."""
+    import os
+
+    import torch
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from .distributed import DDP_STRATEGIES, devices_of
+
+    t = cfg.get("trainer")
+    if not isinstance(t, DictConfig):
+        return
+    strategy = t.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy != "auto" and strategy not in StrategyRegistry.available_strategies():
+        problems.append(f"trainer.strategy={strategy}: Lightning knows no such strategy; with several devices use "
+                        "trainer.strategy=ddp")
+        return
+    try:
+        world = devices_of(cfg)
+        per_node = world // int(t.get("num_nodes", 1) or 1)
+    except (TypeError, ValueError):
+        problems.append(f"trainer.devices={t.get('devices')!r}: must be a number of devices, a list of indices or auto")
+        return
+    if world <= 1:
+        return
+    acc = str(t.get("accelerator", "auto"))
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        if per_node > torch.cuda.device_count():
+            problems.append(f"trainer.devices={t.get('devices')}: only {torch.cuda.device_count()} CUDA device(s) "
+                            "are visible on this machine")
+    elif per_node > (os.cpu_count() or 1):
+        problems.append(f"trainer.devices={t.get('devices')}: {per_node} CPU processes on a machine with "
+                        f"{os.cpu_count()} cores; use at most {os.cpu_count()}")
+    if strategy not in DDP_STRATEGIES:
+        problems.append(f"trainer.strategy={strategy}: with several devices dbdpo runs every stage over DDP "
+                        f"processes it starts itself; use trainer.strategy=ddp")
+    try:
+        m, d = cfg.method, cfg.dpo
+        if int(m.batch_size) % world:
+            problems.append(f"method.batch_size={m.batch_size}: the personalization batch is split across the "
+                            f"{world} processes; use a multiple of {world}")
+        if int(d.batch_size) % (int(d.micro_batch_size) * world):
+            problems.append(f"dpo.batch_size={d.batch_size}: each of the {world} processes accumulates micro-batches "
+                            f"of dpo.micro_batch_size={d.micro_batch_size} pairs; use a multiple of "
+                            f"{int(d.micro_batch_size) * world}")
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+        pass
+
+
 def _check_across(cfg: DictConfig, problems: list[str]) -> None:
     """Checks that span settings (each run only when the settings it reads passed their own checks)."""
     from .errors import DbdpoError
@@ -483,6 +533,7 @@ def check_config(cfg: DictConfig) -> None:
     problems: list[str] = []
     _check_node(cfg, TrainSchema, "", problems, open_keys=OPEN_GROUPS)
     _check_trainer(cfg, problems)
+    _check_processes(cfg, problems)
     _check_loggers(cfg, problems)
     _check_device(cfg, problems)
     _check_hardware(cfg, problems)
@@ -508,6 +559,18 @@ def group_options(group: str, conf_dirs: list[Path]) -> list[str]:
     return sorted(found)
 
 
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def check_group_choices(argv: list[str], conf_dir: Path) -> None:
     """Before Hydra composes: every `group=choice` on the command line names an existing config (searched in
     `conf_dir` and the `file://` folders of `hydra.searchpath=[...]`); otherwise one error listing the options."""
@@ -519,6 +582,21 @@ def check_group_choices(argv: list[str], conf_dir: Path) -> None:
                 if item.startswith("file://"):
                     dirs.append(Path(item[len("file://"):]))
     groups = {p.name for d in dirs if d.is_dir() for p in d.iterdir() if p.is_dir() and p.name != "hydra"}
+    for arg in argv:  # Hydra creates these folders before dbdpo runs: an unwritable one is caught here
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            parent = Path(os.path.expanduser(value.strip("'\""))).absolute()
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{key}={value}: cannot be created ({parent} is not a writable folder); choose "
+                                  "another folder")
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and value in SUBMITIT_LAUNCHERS and \
+                not _has_module("hydra_plugins.hydra_submitit_launcher"):
+            raise ConfigError(f"hydra/launcher={value} needs the hydra-submitit-launcher package, which is not "
+                              "installed: pip install hydra-submitit-launcher (pip install -e . installs it)")
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue

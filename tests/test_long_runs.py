@@ -325,3 +325,91 @@ def test_rank_batches_split_the_one_process_batches_and_advance_the_generator_al
                     want = [b[r * k: (r + 1) * k] for b in ref[e]]
                 assert got == want, (n, batch, world, mode, r, e)
             assert torch.equal(g.get_state(), ref_state)  # the next stage's shuffles start alike
+
+
+# ---- preflight, bad input, clusters ------------------------------------------------------------------------------
+
+def test_preflight_stops_before_training_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    import collections
+
+    from dbdpo import multistep as ms
+    from dbdpo.errors import ConfigError
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("dbdpo.preflight.shutil.disk_usage", lambda p: usage(10 ** 6, 10 ** 6 - 1000, 1000))
+    with pytest.raises(ConfigError, match=r"needs about .* GB .* 0\.00 GB free.*hydra\.run\.dir"):
+        ms.run(_cfg(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+def test_preflight_names_an_unwritable_run_directory(tmp_path):
+    from dbdpo.errors import ConfigError
+    from dbdpo.preflight import check_writable
+    from dbdpo.schema import check_group_choices
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not writable.*hydra.run.dir"):
+        check_writable(tmp_path / "file" / "run")
+    with pytest.raises(ConfigError, match="hydra.run.dir=.*cannot be created"):  # before Hydra makes the folder
+        check_group_choices([f"hydra.run.dir={tmp_path}/file/run"], ROOT / "conf")
+    check_group_choices([f"hydra.run.dir={tmp_path}/new/run"], ROOT / "conf")
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["trainer.devices=64", "trainer.accelerator=cpu"], ["trainer.devices=64: 64 CPU processes"]),
+    (["trainer.devices=2", "trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "trainer.devices=2: only 0 CUDA"]),
+    (["trainer.strategy=nope"], ["trainer.strategy=nope: Lightning knows no such strategy"]),
+    (["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp_spawn"], ["trainer.strategy=ddp_spawn"]),
+    (["trainer.devices=2", "trainer.accelerator=cpu", "method.batch_size=3", "dpo.batch_size=2",
+      "dpo.micro_batch_size=2"], ["method.batch_size=3", "dpo.batch_size=2: each of the 2 processes"]),
+    (["trainer.checkpoint_every=-1"], ["trainer.checkpoint_every=-1"]),
+])
+def test_bad_process_settings_are_one_clear_error(tmp_path, overrides, needles):
+    from dbdpo.errors import ConfigError
+    from dbdpo.schema import check_config
+
+    with pytest.raises(ConfigError) as e:
+        check_config(_cfg(tmp_path, overrides))
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_a_submitit_launcher_without_its_package_is_one_clear_error(monkeypatch):
+    from dbdpo import schema
+    from dbdpo.errors import ConfigError
+
+    schema.check_group_choices(["hydra/launcher=slurm"], ROOT / "conf")  # installed: fine
+    monkeypatch.setattr(schema, "_has_module", lambda name: False)
+    with pytest.raises(ConfigError, match="hydra/launcher=submitit_slurm needs the hydra-submitit-launcher package"):
+        schema.check_group_choices(["-m", "hydra/launcher=submitit_slurm"], ROOT / "conf")
+
+
+def test_slurm_launcher_gives_one_task_per_device():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 2)
+
+
+@pytest.mark.slow
+def test_two_job_multirun_through_submitit_local(tmp_path):
+    args = ["-m", "hydra/launcher=submitit_local", "backbone=tiny", "concept=default", "method.max_steps=2",
+            "prompts.n=4", "generate.images_per_prompt=2", "eval.max_prompts=2", "eval.images_per_prompt=1",
+            "logger=none", "progress=false", "steps=1", "dpo.epochs=1", "dpo.batch_size=2", "dpo.micro_batch_size=2",
+            "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2 and [j.name[0] for j in jobs] == ["0", "1"]
+    seeds = [json.loads((j / "metrics.json").read_text()) and (j / "config.yaml").read_text() for j in jobs]
+    assert "seed: 0" in seeds[0] and "seed: 1" in seeds[1]
+    assert all((j / "checkpoints" / "step_1" / "diffusion_pytorch_model.safetensors").exists() for j in jobs)
+    assert list((tmp_path / ".submitit").iterdir())  # submitit's own job folders
