@@ -130,8 +130,10 @@ def launch(cfg) -> None:
     devices, nodes = t.get("devices", 1), int(t.get("num_nodes", 1) or 1)
     if not _external_environment(devices_of(cfg)) and "LOCAL_RANK" not in os.environ:
         env = LightningEnvironment()
-        os.environ.update(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
-                          NODE_RANK=str(env.node_rank()), LOCAL_RANK="0", WORLD_SIZE=str(devices_of(cfg)))
+        values = dict(MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port), NODE_RANK=str(env.node_rank()),
+                      LOCAL_RANK="0", WORLD_SIZE=str(devices_of(cfg)))
+        _ENV_SET.extend(k for k in values if k not in os.environ)
+        os.environ.update(values)
         for local in range(1, devices_of(cfg) // nodes):
             cmd, cwd = _child_command(local)
             _PROCS.append(subprocess.Popen(cmd, env={**os.environ, "LOCAL_RANK": str(local)}, cwd=cwd))
@@ -147,10 +149,19 @@ def launch(cfg) -> None:
     fabric.launch()
 
 
+_ENV_SET: list[str] = []
+
+
 def finish() -> None:
-    """Wait for the children this process started (their exit status becomes ours when one failed)."""
+    """End of a run: wait for the processes this one started (a failed one's exit status becomes ours) and take the
+    process group down, so that the next job of a multirun starts its own."""
     bad = [p.wait() for p in _PROCS]
     _PROCS.clear()
+    if world_size() > 1:
+        torch.distributed.destroy_process_group()
+    for key in _ENV_SET:
+        os.environ.pop(key, None)
+    _ENV_SET.clear()
     if any(bad):
         raise SystemExit(max(bad))
 

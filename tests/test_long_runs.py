@@ -215,24 +215,28 @@ def test_sigkill_inside_personalization_and_inside_dpo_resumes_byte_identical(wh
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_give_the_pairs_of_one(whole_run, tmp_path):
-    two = tmp_path / "two"
-    proc = _train(two, "trainer.devices=2", "trainer.strategy=ddp")
-    out = proc.communicate()[0]
-    assert proc.returncode == 0, out[-3000:]
-    assert "started 1 more processes" in out
-    a, b = (json.loads((d / "step_1" / "pairs.json").read_text()) for d in (whole_run, two))
-    assert a["winner"] == b["winner"] and a["loser"] == b["loser"] and a["winner"]
-    np.testing.assert_allclose(a["d_ts"], b["d_ts"], atol=1e-4)
-    ma, mb = (json.loads((d / "metrics.json").read_text())["stages"] for d in (whole_run, two))
-    for stage in ma:
-        for key in ("eval/clip_i", "eval/clip_t"):
-            assert mb[stage][key]["mean"] == pytest.approx(ma[stage][key]["mean"], abs=1e-4), (stage, key)
-    # the same shards of samples: the 1-process and 2-process θ0 differ only by float rounding
-    for shard in sorted((whole_run / "step_1" / "samples").glob("shard_*")):
-        assert json.loads((shard / "meta.json").read_text()) == \
-            json.loads((two / "step_1" / "samples" / shard.name / "meta.json").read_text())
-    assert (two / "train_rank1.log").exists() and not (two / "metrics.json.tmp").exists()
+def test_two_ddp_processes_give_the_pairs_of_one_also_job_after_job_in_a_multirun(whole_run, tmp_path):
+    # a two-job multirun (the same job twice) over 2 processes: each job starts its own processes with its own
+    # overrides and folder, and takes them down at its end
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *RUN, "trainer.devices=2",
+                           "trainer.strategy=ddp", "seed=0,0", f"hydra.sweep.dir={tmp_path}",
+                           "hydra.sweep.subdir=${hydra.job.num}"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("started 1 more processes") == 2
+    for two in (tmp_path / "0", tmp_path / "1"):
+        a, b = (json.loads((d / "step_1" / "pairs.json").read_text()) for d in (whole_run, two))
+        assert a["winner"] == b["winner"] and a["loser"] == b["loser"] and a["winner"]
+        np.testing.assert_allclose(a["d_ts"], b["d_ts"], atol=1e-4)
+        ma, mb = (json.loads((d / "metrics.json").read_text())["stages"] for d in (whole_run, two))
+        for stage in ma:
+            for key in ("eval/clip_i", "eval/clip_t"):
+                assert mb[stage][key]["mean"] == pytest.approx(ma[stage][key]["mean"], abs=1e-4), (stage, key)
+        # the same samples (prompts, seeds): θ0 of 1 and 2 processes differ only by float rounding
+        for shard in sorted((whole_run / "step_1" / "samples").glob("shard_*")):
+            assert json.loads((shard / "meta.json").read_text()) == \
+                json.loads((two / "step_1" / "samples" / shard.name / "meta.json").read_text())
+        assert (two / "train_rank1.log").exists()
 
 
 # ---- generation and scoring across processes ---------------------------------------------------------------------
