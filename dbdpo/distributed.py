@@ -23,7 +23,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import Sampler

@@ -15,6 +15,7 @@ variants that start from one checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -122,8 +123,15 @@ def generate(
     desc: str = "generate",
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    sampler: str | None = None,
 ) -> SampleSet:
-    """Generate `images_per_prompt` samples for every prompt (templates with `[V*]`), resumably."""
+    """Generate `images_per_prompt` samples for every prompt (templates with `[V*]`), resumably; with `sampler`
+    (a diffusers scheduler class name) instead of the backbone's own."""
+    if sampler is not None and sampler != type(backbone.pipe.scheduler).__name__:
+        with swapped_scheduler(backbone, sampler):
+            return generate(backbone, prompts, holder, out_dir, images_per_prompt, seed, batch_size,
+                            prompts_per_shard, guidance_scale, num_inference_steps, desc, progress, cache_dir,
+                            sampler)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = list(prompts)
@@ -131,6 +139,7 @@ def generate(
     steps = backbone.num_inference_steps if num_inference_steps is None else num_inference_steps
     settings = {"holder": holder, "images_per_prompt": images_per_prompt, "seed": seed,
                 "guidance_scale": guidance, "num_inference_steps": steps, "n_prompts": len(prompts),
+                **({"sampler": type(backbone.pipe.scheduler).__name__} if sampler is not None else {}),
                 "prompts_per_shard": prompts_per_shard,  # shard k covers prompts [k·pps, (k+1)·pps)
                 "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
     manifest = out_dir / "generation.json"
@@ -192,6 +201,29 @@ def generate(
     bar.close()
     barrier()  # every process's shards are in place
     return load_samples(out_dir)
+
+
+def check_sampler(backbone, sampler: str) -> None:
+    """`sampler` is a diffusers scheduler that can replace the backbone's (one of its `compatibles`)."""
+    compatible = sorted(c.__name__ for c in getattr(backbone.pipe.scheduler, "compatibles", []))
+    if sampler not in compatible:
+        raise DbdpoError(f"generate.sampler={sampler}: the backbone's scheduler "
+                         f"({type(backbone.pipe.scheduler).__name__}) cannot be swapped for it; compatible: "
+                         f"{', '.join(compatible) or 'none'} (or generate=default)")
+
+
+@contextlib.contextmanager
+def swapped_scheduler(backbone, sampler: str):
+    """The backbone's pipeline with `sampler` built from its scheduler's config, restored afterwards."""
+    import diffusers
+
+    check_sampler(backbone, sampler)
+    old = backbone.pipe.scheduler
+    backbone.pipe.scheduler = getattr(diffusers, sampler).from_config(old.config)
+    try:
+        yield backbone
+    finally:
+        backbone.pipe.scheduler = old
 
 
 def load_samples(out_dir: str | os.PathLike) -> SampleSet:

@@ -33,7 +33,7 @@ from .distributed import finish, is_main, launch, local_rank, main_writes, world
 from .errors import ConfigError
 from .preflight import check_disk, check_writable, estimate_bytes
 from .evaluate import evaluate, mean_std, save_grid
-from .generate import generate
+from .generate import check_sampler, generate
 from .io import read_json, write_json
 from .pairs import build_pairs, make_filter, pair_stats, plot_alpha_hist, require_pairs
 from .personalize import DreamBoothModule
@@ -368,6 +368,8 @@ def run(cfg: DictConfig) -> dict:
 
     ctx = prepare(cfg)
     concept, device, backbone, scorer = ctx.concept, ctx.device, ctx.backbone, ctx.scorer
+    if cfg.generate.get("sampler"):
+        check_sampler(backbone, str(cfg.generate.sampler))  # before any work
     concept_emb, judge = ctx.concept_emb, ctx.judge
     filt = make_filter(cfg.filter)
     S = int(cfg.steps)
@@ -422,7 +424,9 @@ def run(cfg: DictConfig) -> dict:
                            seed=int(cfg.seed) * 1000 + s, batch_size=int(cfg.generate.batch_size),
                            prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
                            progress=bool(cfg.progress), cache_dir=cfg.generate.get("cache_dir"),
-                           guidance_scale=cfg.generate.get("guidance_scale"))
+                           guidance_scale=cfg.generate.get("guidance_scale"),
+                           sampler=cfg.generate.get("sampler"),
+                           num_inference_steps=cfg.generate.get("num_inference_steps"))
         scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
         pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)
         stats = pair_stats(pairs)

@@ -116,6 +116,7 @@ class BackboneSchema:
     dtype: str = setting("float32", lambda x: one_of(*_backbone_enums()[2])(x))
     seed: int = 0
     build: Optional[str] = None
+    fast_steps: int = setting(20, at_least(1))  # generate=fast's step count for this backbone's DPO samples
 
 
 @dataclass
@@ -162,6 +163,9 @@ class GenerateSchema:
     prompts_per_shard: int = setting(16, at_least(1))
     cache_dir: Optional[str] = None
     guidance_scale: Optional[float] = setting(None, _opt(non_negative))
+    # the DPO samples' own sampler and steps (generate=fast); null: the backbone's, which evaluation uses
+    sampler: Optional[str] = setting(None, _opt(lambda x: one_of(*_backbone_enums()[1])(x)))
+    num_inference_steps: Optional[int] = setting(None, _opt(at_least(1)))
 
 
 @dataclass

@@ -102,6 +102,7 @@ CONFIGS = sorted(
     + [[f"filter={p.stem}"] for p in (ROOT / "conf" / "filter").glob("*.yaml")]
     + [[f"scorer={p.stem}"] for p in (ROOT / "conf" / "scorer").glob("*.yaml")]
     + [[f"logger={p.stem}"] for p in (ROOT / "conf" / "logger").glob("*.yaml")]
+    + [[f"generate={p.stem}"] for p in (ROOT / "conf" / "generate").glob("*.yaml")]
     + [[f"concept={p.relative_to(ROOT / 'conf' / 'concept').with_suffix('').as_posix()}"]
        for p in (ROOT / "conf" / "concept").rglob("*.yaml")])
 

@@ -66,14 +66,16 @@ def _tokenizer(model: str, name: str):
     return tok
 
 
-def build_pipeline(model: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
-    """Save a full-size pipeline with random weights to `out` (diffusers `save_pretrained`, safetensors)."""
+def make_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu"):
+    """A full-size diffusers pipeline with random weights, built on `device` (speed does not depend on weight
+    values: what `dbdpo.bench_gpu` measures)."""
     from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
     torch.manual_seed(seed)
-    parts = {c: build_component(model, c).to(dtype) for c in components(model)
+    parts = {c: build_component(model, c, device=device).to(dtype) for c in components(model)
              if c not in ("tokenizer", "tokenizer_2", "scheduler")}
     sched_cls = EulerDiscreteScheduler if model == "sdxl-base" else PNDMScheduler
     parts["scheduler"] = sched_cls.from_config(config(model, "scheduler"))
@@ -84,5 +86,10 @@ def build_pipeline(model: str, out: str | Path, seed: int = 0, dtype: torch.dtyp
     else:
         pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    return pipe
+
+
+def build_pipeline(model: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Save a full-size pipeline with random weights to `out` (diffusers `save_pretrained`, safetensors)."""
+    make_pipeline(model, seed, dtype).save_pretrained(str(out), safe_serialization=True)
     return Path(out)

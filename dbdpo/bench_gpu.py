@@ -1,0 +1,198 @@
+"""`python -m dbdpo.bench_gpu`: every GPU measurement in one script (< 8 minutes on an H100/H200).
+
+Full-size SD2-base (512 px, 50 PNDM steps, CFG 7.5) and SDXL-base (1024 px, 50 Euler steps, CFG 5) built from
+their published configs with random weights (speed does not depend on weight values), bf16, SDPA:
+
+- the bf16 matmul rate of this GPU, measured here (a large GEMM): the roofline R in FLOP/s;
+- generation through `dbdpo.generate` (latents, VAE decode, PNGs): img/s, beside the original's 2.8 img/s, and
+  the fraction of the roofline  f = (UNet FLOPs per image · img/s) / R, UNet FLOPs from torch's flop counter
+  (one forward of the CFG batch × sampler steps);
+- one DPO micro-batch of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
+  checkpointing for SDXL) and an AdamW step: pairs/s and its fraction of the roofline (forward + backward +
+  reference FLOPs from the flop counter);
+- the main setup's time per concept from these rates: 1000 prompts × 10 images, 500 DPO steps of 256 pairs.
+
+Options: `--compile` (torch.compile of the UNet), `--channels-last`, `--models sd2-base`. `--tiny` runs the same
+code on the tiny backbone on the CPU in seconds (the test suite does, so the script cannot rot).
+Results: a table, and `results/bench/gpu_<date>_<device>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+ORIGINAL_IMG_S = 2.8  # the original implementation on one H100 (≈ 2.5 h per concept)
+SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16, "micro": 8},
+            "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8, "micro": 2}}
+TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4, "micro": 2}}
+MAIN_SETUP = {"images": 1000 * 10, "dpo_pairs": 500 * 256}
+
+
+def timed(fn, device, repeat: int = 3) -> float:
+    from .bench import _time
+
+    return _time(fn, repeat, device)
+
+
+def backbone_for(model: str, s: dict, device, dtype):
+    from .backbones import BACKBONES, build_backbone
+
+    if model == "tiny":
+        bb = build_backbone({"name": "tiny", "resolution": s["resolution"], "num_inference_steps": s["steps"],
+                             "guidance_scale": s["guidance"]})
+        return bb.to(device)
+    from .full_size import make_pipeline
+
+    pipe = make_pipeline(model, dtype=dtype, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return BACKBONES[s["kind"]](name=model, kind=s["kind"], pipe=pipe, resolution=s["resolution"],
+                                num_inference_steps=s["steps"], guidance_scale=s["guidance"])
+
+
+def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
+                dpo: bool = True) -> dict:
+    from .bench import count_flops
+    from .dpo import DiffusionDPOModule
+    from .generate import generate
+
+    out: dict = {"model": model, **s}
+    bb = backbone_for(model, s, device, dtype)
+    unet = bb.unet
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if compile_unet:
+        bb.pipe.unet = torch.compile(unet)
+
+    # UNet FLOPs per image: one forward of the CFG batch (2 rows per image) × steps
+    b = s["batch"]
+    texts = [f"a photo of sks dog number {i}" for i in range(b)]
+    cond = bb.with_sizes(bb.encode_prompts(texts[:1]))
+    x = torch.randn(2, *bb.latent_shape, device=device, dtype=unet.dtype)
+    c2 = type(cond).cat([cond, cond]).to(device)
+    t = torch.full((2,), 500, device=device)
+    with torch.no_grad():
+        flops_fwd = count_flops(lambda: unet(x, t, **c2.to(dtype=unet.dtype).unet_kwargs(), return_dict=False))
+    out["unet_tflop_per_image"] = flops_fwd * s["steps"] / 1e12  # one image = the 2 CFG rows
+
+    prompts = [f"a photo of [V*] number {i}" for i in range(b)]
+    with tempfile.TemporaryDirectory() as d:
+        def gen():
+            import shutil
+
+            shutil.rmtree(Path(d) / "s", ignore_errors=True)
+            generate(bb, prompts, "sks dog", Path(d) / "s", 1, seed=0, batch_size=b, prompts_per_shard=b,
+                     progress=False)
+
+        sec = timed(gen, device, repeat=2)
+    out["generation_img_s"] = b / sec
+    out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
+    out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
+    if not dpo:
+        return out
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # DPO: full-UNet fine-tune, fp32 masters under bf16 autocast, reference in bf16
+    bb.pipe.unet = unet
+    unet.to(torch.float32).requires_grad_(True)
+    if model == "sdxl-base":
+        unet.enable_gradient_checkpointing()
+    ref = __import__("copy").deepcopy(unet).requires_grad_(False).to(dtype)
+    module = DiffusionDPOModule(bb, ref_unet=ref, beta=5000.0).to(device)
+    m = s["micro"]
+    batch = {"latents_w": torch.randn(m, *bb.latent_shape, device=device),
+             "latents_l": torch.randn(m, *bb.latent_shape, device=device), "prompt": texts[:m]}
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-8)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(
+        device.type, enabled=False)
+
+    def micro():
+        with autocast, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss = module.training_step(batch, 0)
+        loss.backward()
+
+    flops_micro = count_flops(micro)
+    unet.zero_grad(set_to_none=True)
+    sec = timed(lambda: (micro(), unet.zero_grad(set_to_none=True)), device, repeat=2)
+    micro()
+    sec_opt = timed(opt.step, device, repeat=2)
+    out["dpo_pairs_s"] = m / sec
+    out["dpo_tflop_per_pair"] = flops_micro / m / 1e12
+    out["dpo_roofline_fraction"] = flops_micro / sec / rate
+    out["adamw_step_s"] = sec_opt
+    if device.type == "cuda":
+        out["dpo_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
+    steps_per_dpo_step = MAIN_SETUP["dpo_pairs"] // 500
+    out["main_setup_min"] = (MAIN_SETUP["images"] / out["generation_img_s"]
+                             + MAIN_SETUP["dpo_pairs"] / out["dpo_pairs_s"] + 500 * sec_opt) / 60
+    out["main_setup_note"] = (f"1000 prompts × 10 images + 500 DPO steps × {steps_per_dpo_step} pairs "
+                              "(+ 500 AdamW steps), from the rates above; personalization and evaluation not counted")
+    return out
+
+
+def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool = False,
+        channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False) -> dict:
+    """`check`: the full-size models on the CPU at 64 px, 2 steps, one image (fp32; SDXL without its DPO step,
+    which needs ~50 GB): the GPU run's code path, not its speed."""
+    from .bench import environment, matmul_rate
+
+    device = torch.device("cpu" if tiny or check else "cuda")
+    dtype = torch.float32 if tiny or check else torch.bfloat16
+    settings = TINY if tiny else {k: v for k, v in SETTINGS.items() if not models or k in models}
+    if check:
+        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micro": 1} for k, v in settings.items()}
+    rate = matmul_rate(device, 256 if tiny or check else 8192)
+    result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
+              "channels_last": channels_last, "models": []}
+    print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
+    for model, s in settings.items():
+        r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
+                        dpo=not (check and model == "sdxl-base"))
+        if device.type == "cuda":  # the next model starts on a free GPU
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+        result["models"].append(r)
+        line = (f"{model}: generation {r['generation_img_s']:.2f} img/s ({r['generation_vs_original']:.2f}× the "
+                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline")
+        if "dpo_pairs_s" in r:
+            line += (f"; DPO {r['dpo_pairs_s']:.1f} pairs/s, {100 * r['dpo_roofline_fraction']:.0f} % of the "
+                     f"roofline; main setup ≈ {r['main_setup_min']:.0f} min per concept")
+        print(line)
+    if out_dir:
+        from .io import write_json
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        name = "tiny_cpu" if tiny else "check_cpu" if check else torch.cuda.get_device_name(device).replace(" ", "_")
+        path = write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json", result)
+        print(f"written: {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m dbdpo.bench_gpu", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", choices=list(SETTINGS), default=None)
+    ap.add_argument("--tiny", action="store_true", help="the tiny backbone on the CPU (a smoke run)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--check", action="store_true", help="full-size models on the CPU at 64 px: the code path")
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args(argv)
+    if not args.tiny and not args.check and not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device is visible; python -m dbdpo.bench_gpu --tiny runs on the CPU")
+    if args.compile and not hasattr(torch, "compile"):
+        warnings.warn("torch.compile is unavailable in this torch; measuring without it")
+        args.compile = False
+    run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The benchmark (ours beside the naive loop, same outputs asserted inside), the GPU script at tiny size, and the
+fast preset's sampler swap."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_runs_every_stage_against_its_baseline_and_writes_ratios(tmp_path):
+    from dbdpo.bench import run
+
+    result = run(repeat=1, out_dir=str(tmp_path), quick=True)
+    saved = json.loads(next(tmp_path.glob("*_cpu.json")).read_text())
+    for stage in ("generation", "scoring", "dpo", "pairs", "generation_fast"):
+        assert saved[f"{stage}_ratio"] == pytest.approx(result[f"{stage}_ratio"]) and saved[f"{stage}_ratio"] > 0
+        assert saved[f"{stage}_ours_per_s"] > 0
+    assert {"date", "device", "torch", "diffusers"} <= set(saved["environment"])
+    parts = saved["breakdown_s_per_item"]
+    for key in ("text encoding", "UNet (all sampler steps, CFG)", "VAE decode", "PNG writing",
+                "scoring (CLIP image + text)", "DPO policy forward+backward", "DPO reference forward",
+                "DPO data loading (stored latents)"):
+        assert parts[key] > 0, key
+
+
+def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
+    from dbdpo.bench_gpu import run
+
+    result = run(tiny=True, out_dir=str(tmp_path))
+    saved = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu.json")).read_text())
+    assert saved["matmul_tflop_s"] > 0
+    (m,) = saved["models"]
+    assert m["model"] == "tiny" and m == result["models"][0]
+    for key in ("generation_img_s", "unet_tflop_per_image", "generation_roofline_fraction", "dpo_pairs_s",
+                "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
+        assert m[key] > 0, key
+    # the tiny UNet's flops: 5 steps of a 2-row CFG batch
+    assert m["unet_tflop_per_image"] < 1e-2
+
+
+def test_fast_preset_swaps_the_sampler_for_the_dpo_samples_only(tiny_backbone, tmp_path):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from dbdpo.generate import generate
+
+    bb = tiny_backbone()
+    before = bb.pipe.scheduler
+    a = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "fast", 2, seed=0, num_inference_steps=2,
+                 sampler="DPMSolverMultistepScheduler", progress=False)
+    assert bb.pipe.scheduler is before and isinstance(before, DDIMScheduler)  # restored
+    manifest = json.loads((tmp_path / "fast" / "generation.json").read_text())
+    assert manifest["sampler"] == "DPMSolverMultistepScheduler" and manifest["num_inference_steps"] == 2
+    b = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "default", 2, seed=0, num_inference_steps=2,
+                 progress=False)
+    assert not torch.equal(a.latents, b.latents)  # another solver, other samples
+    bb.pipe.scheduler = DPMSolverMultistepScheduler.from_config(before.config)
+    c = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "again", 2, seed=0, num_inference_steps=2,
+                 progress=False)
+    torch.testing.assert_close(a.latents, c.latents)  # exactly what the swapped-in solver gives
+
+
+def test_fast_preset_on_a_backbone_whose_scheduler_cannot_be_swapped(tiny_backbone):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dbdpo.errors import DbdpoError
+    from dbdpo.generate import check_sampler
+
+    bb = tiny_backbone()
+    check_sampler(bb, "DPMSolverMultistepScheduler")
+    bb.pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(DbdpoError, match="generate.sampler=DPMSolverMultistepScheduler.*cannot be swapped"):
+        check_sampler(bb, "DPMSolverMultistepScheduler")
+
+
+@pytest.mark.parametrize("backbone, steps", [("sd2", 20), ("world", 5), ("tiny", 2)])
+def test_generate_fast_composes_with_the_backbones_fast_steps(backbone, steps):
+    from hydra import compose, initialize_config_dir
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["generate=fast", f"backbone={backbone}"])
+    assert cfg.generate.sampler == "DPMSolverMultistepScheduler" and cfg.generate.num_inference_steps == steps
+    assert cfg.generate.images_per_prompt == compose_default_m(backbone)
+
+
+def compose_default_m(backbone: str) -> int:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"backbone={backbone}"]).generate.images_per_prompt
