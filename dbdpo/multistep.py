@@ -33,6 +33,7 @@ from .distributed import finish, is_main, launch, local_rank, main_writes, world
 from .errors import ConfigError
 from .preflight import check_disk, check_writable, estimate_bytes
 from .evaluate import evaluate, mean_std, save_grid
+from .frontier import curve_summary, plot_pareto, point
 from .generate import check_sampler, generate
 from .io import read_json, write_json
 from .pairs import build_pairs, make_filter, pair_stats, plot_alpha_hist, require_pairs
@@ -236,29 +237,90 @@ def class_images(cfg: DictConfig, backbone: Backbone, concept: Concept, out_dir:
                     desc="class images", progress=bool(cfg.progress), cache_dir=m.get("class_cache_dir"))
 
 
+class SaveAndEvaluate(L.Callback):
+    """The baseline curve on the way: when personalization reaches each of `steps` optimizer steps, θ_k is saved
+    (`save(k)`) and evaluated (`evaluate(k)`) with the weights training holds at that moment."""
+
+    def __init__(self, steps: list[int], save, evaluate):
+        self.steps, self.save, self.evaluate, self.done = set(steps), save, evaluate, set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        k = trainer.global_step
+        if k in self.steps and k not in self.done:
+            self.done.add(k)
+            self.save(k)
+            pl_module.unet.eval()
+            with torch.no_grad():
+                self.evaluate(k)
+            pl_module.unet.train()
+
+
+def curve_steps(m: DictConfig) -> tuple[list[int], int]:
+    """(`method.eval_at` with the start, the step DPO starts from: `method.start_from`, else the last)."""
+    start = int(m.get("start_from") or m.max_steps)
+    return sorted({*(int(k) for k in (m.get("eval_at") or [])), start}), start
+
+
+def curve_eval_dir(run_dir: Path, k: int, start: int) -> Path:
+    return run_dir / "personalize" / ("eval" if k == start else f"step_{k}/eval")
+
+
 def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: list, ckpt: Path,
-                device: torch.device, callbacks: list | None = None) -> None:
+                device: torch.device, callbacks: list | None = None, curve: dict | None = None) -> None:
+    """Personalize to `method.max_steps`, saving the result as θ0 in `ckpt`. With `method.eval_at` / `start_from`
+    (and `curve` = {scorer, concept_emb, prompts, judge} for the evaluations), θ_k is saved to
+    `<ckpt>_step<k>` and evaluated at each of those steps, and θ0 is the checkpoint of `start_from`."""
     m = cfg.method
     adapter = make_adapter(m)
     if _restore(adapter, backbone, ckpt, device):
         return
+    steps, start = curve_steps(m)
+    top = int(m.max_steps)
+    run_dir = Path(cfg.paths.output_dir)
+    train_te = bool(m.get("train_text_encoder", False))
+
+    def step_ckpt(k: int) -> Path:
+        return ckpt.with_name(f"{ckpt.name}_step{k}")
+
+    def save(k: int) -> None:
+        if k == start == top:  # θ0 itself: saved by the stage's end
+            return
+        with main_writes() as main:
+            if main and adapter.kind == "full":
+                save_unet(backbone.unet, step_ckpt(k),
+                          dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if train_te else None)
+            elif main:
+                save_adapter(adapter, backbone.unet, step_ckpt(k))
+
+    def evaluate(k: int) -> None:
+        run_eval(cfg, backbone, curve["scorer"], concept, curve["concept_emb"], curve["prompts"],
+                 curve_eval_dir(run_dir, k, start), f"personalize step {k}", curve.get("judge"))
+
+    extra = [SaveAndEvaluate(steps, save, evaluate)] if curve is not None and (len(steps) > 1 or start != top) \
+        else []
     prior = class_images(cfg, backbone, concept, Path(cfg.paths.output_dir) / "class_images") \
         if m.get("prior_preservation") else None
     dm = ConceptDataModule(concept, backbone.resolution, prompt_template=m.prompt, batch_size=int(m.batch_size),
                            repeats=max(1, int(m.max_steps)), random_flip=bool(m.random_flip), seed=int(cfg.seed),
                            class_samples=prior)
     adapter.attach(backbone.unet)
-    train_te = bool(m.get("train_text_encoder", False))
     module = DreamBoothModule(backbone, lr=float(m.lr), weight_decay=float(m.weight_decay), seed=int(cfg.seed),
                               adapter=adapter, train_text_encoder=train_te,
                               prior_loss_weight=float(m.get("prior_loss_weight", 1.0)), **memory_options(m))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     partial = partial_dir(ckpt)
     trainer = make_trainer(cfg, loggers, max_steps=int(m.max_steps), max_epochs=-1,
-                           callbacks=[*(callbacks or []), *stage_callbacks(partial, *checkpoint_settings(cfg.trainer))])
+                           callbacks=[*(callbacks or []), *extra,
+                                      *stage_callbacks(partial, *checkpoint_settings(cfg.trainer))])
     fit_stage(trainer, module, dm, partial)
     del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
     _release(backbone)
+    if extra and start != top:  # θ0 is an earlier checkpoint than the last
+        if adapter.kind == "full":
+            load_unet_into(backbone.unet, step_ckpt(start))
+            load_text_encoders_into(backbone, step_ckpt(start))
+        else:
+            adapter.load_state_dict(backbone.unet, load_adapter_file(step_ckpt(start)))
     _finish(adapter, backbone, ckpt, device, text_encoders=train_te)
     with main_writes() as main:
         if main:
@@ -404,12 +466,16 @@ def run(cfg: DictConfig) -> dict:
                 if isinstance(v, (int, float)) or (isinstance(v, dict) and "mean" in v)}
         log_metrics(loggers, {**flat, "stage": idx}, step=idx)
 
-    # Personalize → θ0
+    # Personalize → θ0 (with method.eval_at: the baseline curve on the way)
     ckpt_dir = run_dir / "checkpoints"
-    personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize", device)
+    personalize(cfg, backbone, concept, loggers, ckpt_dir / "personalize", device,
+                curve={"scorer": scorer, "concept_emb": concept_emb, "prompts": prompts_eval, "judge": judge})
     ev = run_eval(cfg, backbone, scorer, concept, concept_emb, prompts_eval, run_dir / "personalize" / "eval",
                   "personalize", judge)
     record("personalize", ev, 0)
+    steps_curve, start = curve_steps(cfg.method)
+    baseline = {k: ev if k == start else read_json(curve_eval_dir(run_dir, k, start) / "eval.json")
+                for k in steps_curve if k == start or (curve_eval_dir(run_dir, k, start) / "eval.json").exists()}
     log_images(loggers, "eval/grid/personalize", [run_dir / "personalize" / "eval" / "grid.png"])
     # a frozen reference is held in the frozen parts' dtype (`backbone.dtype`)
     initial = frozen_copy(backbone) if cfg.dpo.reference == "initial" else None
@@ -455,6 +521,15 @@ def run(cfg: DictConfig) -> dict:
                    "score/is": mean_std(scores["is"]), "score/ts": mean_std(scores["ts"])})
         record(f"step_{s}", ev, s)
 
+    if main and len(baseline) > 1:  # the baseline frontier and where the DPO steps land against it
+        summary = curve_summary(baseline, metrics["stages"])
+        metrics["baseline_curve"] = summary
+        write_json(metrics_file, metrics)
+        write_json(run_dir / "personalize" / "curve.json", summary)
+        trajectory = [(name, point(v)) for name, v in metrics["stages"].items() if "eval/clip_i" in v]
+        plot_pareto(summary, trajectory, run_dir / "pareto.png",
+                    title=f"{concept.name}: {cfg.method.name} checkpoints and DPO ({cfg.filter.name})")
+        log_images(loggers, "eval/pareto", [run_dir / "pareto.png"])
     for lg in loggers:
         lg.finalize("success")
     if main:

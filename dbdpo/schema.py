@@ -145,6 +145,10 @@ class MethodSchema:
     num_class_images: int = setting(200, at_least(1))
     prior_loss_weight: float = setting(1.0, non_negative)
     class_cache_dir: Optional[str] = None
+    # the baseline curve: checkpoints saved and evaluated at these steps; DPO starts from `start_from` (null: the last)
+    eval_at: Optional[list[int]] = setting(None, _opt(lambda x: None if all(int(v) >= 1 for v in x)
+                                                      else "a list of steps ≥ 1"))
+    start_from: Optional[int] = setting(None, _opt(at_least(1)))
     adapter: AdapterSchema = field(default_factory=AdapterSchema)
 
 
@@ -522,6 +526,17 @@ def _check_across(cfg: DictConfig, problems: list[str]) -> None:
         if m.get("train_text_encoder") and str(m.adapter.get("kind", "full")) != "full":
             problems.append(f"method.train_text_encoder=true: trains the text encoder with the full UNet "
                             f"(method=dreambooth); method={m.get('name')} trains an adapter")
+    except (TypeError, ValueError, AttributeError):
+        pass
+    try:
+        top = int(m.max_steps)
+        for k in list(m.get("eval_at") or []):
+            if int(k) > top:
+                problems.append(f"method.eval_at: step {k} is after the last personalization step "
+                                f"(method.max_steps={top})")
+        if m.get("start_from") is not None and int(m.start_from) > top:
+            problems.append(f"method.start_from={m.start_from}: after the last personalization step "
+                            f"(method.max_steps={top})")
     except (TypeError, ValueError, AttributeError):
         pass
     try:

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..frontier import margin_above_frontier, pareto_frontier  # noqa: F401  (re-exported)
+
 JUDGES = {
     "evaluator": {"is": "eval/evaluator_is", "ts": "eval/evaluator_ts"},
     "oracle": {"is": "eval/oracle_identity", "ts": "eval/oracle_prompt"},
@@ -57,29 +59,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return 0.0
     return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def pareto_frontier(points: Sequence[tuple[float, float]]) -> np.ndarray:
-    """The non-dominated (IS, TS) points (maximising both), sorted by IS: TS falls along it."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    keep = [i for i, (a, b) in enumerate(pts)
-            if not np.any((pts[:, 0] >= a) & (pts[:, 1] >= b) & ((pts[:, 0] > a) | (pts[:, 1] > b)))]
-    front = np.unique(pts[keep], axis=0)
-    return front[np.argsort(front[:, 0], kind="stable")]
-
-
-def margin_above_frontier(front: np.ndarray, point: tuple[float, float]) -> float:
-    """TS of `point` minus the frontier's piecewise-linear TS at the point's IS (> 0: beyond the frontier).
-
-    Left of the frontier the bound is its highest TS (flat); right of it, the TS of its highest-IS point (a point
-    with more IS than any checkpoint is beyond only if its TS is at least that point's).
-    """
-    x, y = float(point[0]), float(point[1])
-    if x <= front[0, 0]:
-        return y - front[0, 1]
-    if x >= front[-1, 0]:
-        return y - front[-1, 1]
-    return y - float(np.interp(x, front[:, 0], front[:, 1]))
 
 
 def _ms(xs) -> dict[str, float]:
