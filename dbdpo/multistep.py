@@ -159,6 +159,15 @@ def preflight_disk(cfg: DictConfig, backbone: Backbone, run_dir: Path, n_eval_pr
     check_disk(run_dir, estimate_bytes(cfg, backbone, n_eval_prompts, trained, trained))
 
 
+def job_overrides() -> list[str]:
+    """The command line's overrides of this Hydra job (a multirun job's own values); [] outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def validate(cfg: DictConfig) -> None:
     """Every setting checked (types, ranges, names, paths) before any work: one error listing every problem."""
     from .schema import check_config
@@ -455,7 +464,8 @@ def run(cfg: DictConfig) -> dict:
     metrics_file = run_dir / "metrics.json"
     metrics: dict[str, Any] = read_json(metrics_file) if metrics_file.exists() else {}
     metrics.setdefault("stages", {})
-    metrics.update({"concept": concept.name, "backbone": backbone.name, "filter": cfg.filter.name, "steps": S})
+    metrics.update({"concept": concept.name, "backbone": backbone.name, "filter": cfg.filter.name, "steps": S,
+                    "overrides": job_overrides()})  # what `python -m dbdpo.report` groups runs by
 
     def record(stage: str, values: dict, idx: int) -> None:
         if not main:
