@@ -1,0 +1,69 @@
+"""Every experiment file: its sweep axis (`hydra.sweeper.params`) composes and validates at every point, and its
+first point runs end to end at tiny size, so none can rot."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+TINY = ["backbone=tiny", "concept=default", "logger=none", "progress=false", "prompts.n=16",
+        "generate.images_per_prompt=2", "eval.max_prompts=1", "eval.images_per_prompt=1", "method.max_steps=2",
+        "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=1", "method.eval_at=null", "method.start_from=null"]
+
+
+def compose(overrides, hydra_config: bool = False):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hcompose("train", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def sweep_points(experiment: str) -> list[list[str]]:
+    """The experiment's own sweep, expanded as Hydra's basic sweeper does (the cartesian product of its axes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = compose([f"experiment={experiment}"], hydra_config=True).hydra.sweeper.params or {}
+    parser = OverridesParser.create()
+    axes = []
+    for key, values in params.items():
+        (ov,) = parser.parse_overrides([f"{key}={values}"])
+        axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+    return [list(p) for p in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_sweeps_by_itself_and_every_point_validates(experiment, tmp_path):
+    from dbdpo.schema import check_config
+
+    points = sweep_points(experiment)
+    assert len(points) >= 2, f"{experiment} has no sweep axis of its own (hydra.sweeper.params)"
+    for point in points:
+        cfg = compose([f"experiment={experiment}", *TINY, *point, f"paths.output_dir={tmp_path}"])
+        check_config(cfg)
+        for o in point:
+            key, value = o.split("=", 1)
+            got = cfg.filter.name if key == "filter" else cfg
+            if key != "filter":
+                for part in key.split("."):
+                    got = got[part]
+            assert str(got) == value or float(got) == float(value), (experiment, o, got)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_first_point_runs_end_to_end_at_tiny_size(experiment, tmp_path):
+    from dbdpo.multistep import run
+
+    first = sweep_points(experiment)[0]
+    steps = [o for o in first if o.startswith("steps=")] or ["steps=1"]
+    point = [o for o in first if not o.startswith("steps=")]
+    metrics = run(compose([f"experiment={experiment}", *TINY, *point, *steps, "prompts.n=2",
+                           f"paths.output_dir={tmp_path}"]))
+    assert "step_1" in metrics["stages"] and "eval/clip_i" in metrics["stages"]["personalize"]
