@@ -32,11 +32,12 @@ from .dpo import DiffusionDPOModule, PairDataModule
 from .distributed import finish, is_main, launch, local_rank, main_writes, world_size
 from .errors import ConfigError
 from .preflight import check_disk, check_writable, estimate_bytes
-from .evaluate import evaluate, mean_std, save_grid
+from .evaluate import comparison_grid, evaluate, mean_std, save_grid
 from .frontier import curve_summary, plot_pareto, point
 from .generate import check_sampler, generate
 from .io import read_json, write_json
-from .pairs import build_pairs, make_filter, pair_stats, plot_alpha_hist, require_pairs
+from .pairs import (build_pairs, make_filter, pair_stats, pair_table, plot_alpha_hist, plot_pairs_scatter,
+                    require_pairs)
 from .personalize import DreamBoothModule
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,71 @@ def load_text_encoders_into(backbone: Backbone, path: Path) -> bool:
 
 # ---- helpers ----------------------------------------------------------------------------------------------
 
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as one level of dotted keys (`method.lr`): what loggers record, filterable."""
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def wandb_identity(cfg: DictConfig, lg: DictConfig) -> dict[str, str]:
+    """One W&B run per Hydra job, named from its overrides, grouped by experiment (and by sweep in a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = job_overrides()
+    shown = [o for o in overrides if not o.startswith(("hydra.", "paths.", "logger", "progress", "experiment="))]
+    out = {"name": f"{cfg.run_name} {','.join(shown)}".strip()}
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "")
+    group = str(lg.get("group") or experiment)
+    if HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN":
+        group = f"{group or 'sweep'}-{Path(str(HydraConfig.get().sweep.dir)).name}"
+    if group:
+        out["group"] = group
+    return out
+
+
 def instantiate_loggers(cfg: DictConfig) -> list:
     from hydra.utils import instantiate
 
     loggers = []
     for _, lg in (cfg.get("logger") or {}).items():
         if isinstance(lg, DictConfig) and "_target_" in lg:
-            loggers.append(instantiate(lg))
+            extra = wandb_identity(cfg, lg) if str(lg._target_).endswith("WandbLogger") else {}
+            loggers.append(instantiate(lg, **extra))
+    for lg in loggers:
+        lg.log_hyperparams(flat_config(cfg))
     return loggers
+
+
+def log_table(loggers: list, key: str, rows: list[dict]) -> None:
+    """A W&B table of sampled pairs (winner and loser images, prompt, ΔTS, ΔIS, α)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            lg.log_table(key=key, columns=["winner", "loser", "prompt", "d_ts", "d_is", "alpha"],
+                         data=[[wandb.Image(r["winner"]), wandb.Image(r["loser"]), r["prompt"], r["d_ts"],
+                                r["d_is"], r["alpha"]] for r in rows])
+
+
+def finish_loggers(loggers: list) -> None:
+    """Close the loggers; a W&B run is finished, so that the next job of a multirun starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        lg.finalize("success")
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()
 
 
 def make_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, **overrides: Any) -> L.Trainer:
@@ -513,8 +571,14 @@ def run(cfg: DictConfig) -> dict:
             write_json(step_dir / "pair_stats.json", stats)
             plot_alpha_hist(pairs, filt, step_dir / "alpha_hist.png")
             save_grid(samples, step_dir / "samples_grid.png",
-                      per_prompt=min(4, int(cfg.generate.images_per_prompt)), max_prompts=8)
+                      per_prompt=min(4, int(cfg.generate.images_per_prompt)), max_prompts=8, labels=True)
             log_images(loggers, f"pairs/alpha_hist/step_{s}", [step_dir / "alpha_hist.png"])
+            if len(pairs):
+                plot_pairs_scatter(pairs, filt, step_dir / "pairs_scatter.png")
+                table = pair_table(pairs, samples, n=16, seed=int(cfg.seed) + s)
+                write_json(step_dir / "pairs_table.json", table)
+                log_images(loggers, f"pairs/scatter/step_{s}", [step_dir / "pairs_scatter.png"])
+                log_table(loggers, f"pairs/table/step_{s}", table)
         require_pairs(pairs, filt, step=s)
 
         # the reference θ_{s−1}: a frozen copy for a full fine-tune; an adapter's own disabled state otherwise
@@ -540,8 +604,12 @@ def run(cfg: DictConfig) -> dict:
         plot_pareto(summary, trajectory, run_dir / "pareto.png",
                     title=f"{concept.name}: {cfg.method.name} checkpoints and DPO ({cfg.filter.name})")
         log_images(loggers, "eval/pareto", [run_dir / "pareto.png"])
-    for lg in loggers:
-        lg.finalize("success")
+    if main:  # the evaluation prompts down, baseline and every step across (same prompts and seeds)
+        stage_dirs = {"personalize": run_dir / "personalize" / "eval",
+                      **{f"step_{k}": run_dir / f"step_{k}" / "eval" for k in range(1, S + 1)}}
+        if comparison_grid(stage_dirs, run_dir / "eval_comparison.png") is not None:
+            log_images(loggers, "eval/comparison", [run_dir / "eval_comparison.png"])
+    finish_loggers(loggers)
     if main:
         print_summary(metrics, getattr(judge, "labels", None))
     finish()  # the processes this one started

@@ -352,6 +352,41 @@ def plot_alpha_hist(pairs: Pairs, filt: PairFilter, path: str | os.PathLike, bin
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def plot_pairs_scatter(pairs: Pairs, filt: PairFilter, path: str | os.PathLike) -> Path:
+    """PNG of the kept pairs in the (ΔTS, ΔIS) plane (winner − loser), the angle window drawn when there is one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(pairs.d_ts, pairs.d_is, s=8, alpha=0.6, color="tab:blue", label=f"kept ({len(pairs)})")
+    ax.axhline(0, color="0.7", lw=0.6)
+    ax.axvline(0, color="0.7", lw=0.6)
+    lim = float(max(np.abs(pairs.d_ts).max(initial=0), np.abs(pairs.d_is).max(initial=0), 1e-3)) * 1.1
+    if isinstance(filt, AngleFilter):
+        for c in (filt.c1, filt.c2):
+            a = np.deg2rad(c)
+            ax.plot([0, lim * 2 * np.cos(a)], [0, lim * 2 * np.sin(a)], "--", color="tab:green", lw=0.8)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("ΔTS (winner − loser)")
+    ax.set_ylabel("ΔIS (winner − loser)")
+    ax.set_title(filt.describe(), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def pair_table(pairs: Pairs, samples, n: int, seed: int) -> list[dict]:
+    """Up to `n` kept pairs drawn at random (seeded): winner and loser image, prompt, ΔTS, ΔIS, α."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(pairs))[:n])
+    return [{"winner": str(samples.images[int(pairs.winner[k])]), "loser": str(samples.images[int(pairs.loser[k])]),
+             "prompt": samples.texts[int(pairs.winner[k])], "d_ts": float(pairs.d_ts[k]),
+             "d_is": float(pairs.d_is[k]), "alpha": float(pairs.alpha[k])} for k in pick]
+
+
 def require_pairs(pairs: Pairs, filt: PairFilter, step: int | None = None) -> Pairs:
     """Return `pairs` if any were kept, else raise NoPairsError saying what to loosen."""
     if len(pairs) > 0:
