@@ -96,3 +96,15 @@ def test_train_py_on_the_full_size_architecture(model, backbone, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["stages"]) == {"personalize", "step_1"}
+
+
+@pytest.mark.fullsize
+def test_gpu_script_code_path_on_the_full_size_models(tmp_path):
+    """`python -m dbdpo.bench_gpu --check`: SD2-base (generation + DPO step) and SDXL-base (generation) at 64 px on
+    the CPU — the path the GPU run takes (2.5 min, 20 GB)."""
+    from dbdpo.bench_gpu import run
+
+    result = run(check=True, out_dir=str(tmp_path))
+    sd2, sdxl = result["models"]
+    assert sd2["model"] == "sd2-base" and sd2["dpo_pairs_s"] > 0 and sd2["unet_tflop_per_image"] > 0
+    assert sdxl["model"] == "sdxl-base" and sdxl["generation_img_s"] > 0 and "dpo_pairs_s" not in sdxl
