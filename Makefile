@@ -10,10 +10,10 @@ run:
 	$(PY) train.py
 
 test:
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadscope
 
 test-fast:
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow"
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache
