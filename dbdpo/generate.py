@@ -94,7 +94,8 @@ def _shard_name(k: int) -> str:
 
 
 @torch.no_grad()
-def _generate_batch(backbone, texts: list[str], seeds: list[int], guidance_scale: float, steps: int) -> torch.Tensor:
+def _generate_batch(backbone, texts: list[str], seeds: list[int], guidance_scale: float, steps: int,
+                    eta: float | None = None) -> torch.Tensor:
     device = backbone.pipe.device
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     shape = (len(seeds), *backbone.latent_shape)
@@ -105,6 +106,7 @@ def _generate_batch(backbone, texts: list[str], seeds: list[int], guidance_scale
             prompt=texts, height=backbone.resolution, width=backbone.resolution, num_inference_steps=steps,
             guidance_scale=guidance_scale, latents=latents, output_type="latent",
             generator=[torch.Generator(device="cpu").manual_seed(s + 1) for s in seeds],
+            **({"eta": eta} if eta is not None else {}),  # DDIM's stochasticity (η = 1: DDPM-like), per-sample noise
         )
     return out.images.float().cpu()
 
@@ -124,6 +126,7 @@ def generate(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
     sampler: str | None = None,
+    eta: float | None = None,
 ) -> SampleSet:
     """Generate `images_per_prompt` samples for every prompt (templates with `[V*]`), resumably; with `sampler`
     (a diffusers scheduler class name) instead of the backbone's own."""
@@ -131,7 +134,7 @@ def generate(
         with swapped_scheduler(backbone, sampler):
             return generate(backbone, prompts, holder, out_dir, images_per_prompt, seed, batch_size,
                             prompts_per_shard, guidance_scale, num_inference_steps, desc, progress, cache_dir,
-                            sampler)
+                            sampler, eta)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = list(prompts)
@@ -140,6 +143,7 @@ def generate(
     settings = {"holder": holder, "images_per_prompt": images_per_prompt, "seed": seed,
                 "guidance_scale": guidance, "num_inference_steps": steps, "n_prompts": len(prompts),
                 **({"sampler": type(backbone.pipe.scheduler).__name__} if sampler is not None else {}),
+                **({"eta": float(eta)} if eta is not None else {}),
                 "prompts_per_shard": prompts_per_shard,  # shard k covers prompts [k·pps, (k+1)·pps)
                 "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
     manifest = out_dir / "generation.json"
@@ -180,7 +184,7 @@ def generate(
             chunk = items[b : b + batch_size]
             texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
             seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
-            lat = _generate_batch(backbone, texts, seeds, guidance, steps)
+            lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
             for (p, j), text, s, img in zip(chunk, texts, seeds, backbone.decode(lat)):
                 name = f"p{p:05d}_{j:03d}.png"
                 img.save(tmp / name)

@@ -559,7 +559,7 @@ def run(cfg: DictConfig) -> dict:
                            prompts_per_shard=int(cfg.generate.prompts_per_shard), desc=f"generate step {s}",
                            progress=bool(cfg.progress), cache_dir=cfg.generate.get("cache_dir"),
                            guidance_scale=cfg.generate.get("guidance_scale"),
-                           sampler=cfg.generate.get("sampler"),
+                           sampler=cfg.generate.get("sampler"), eta=cfg.generate.get("eta"),
                            num_inference_steps=cfg.generate.get("num_inference_steps"))
         scores = score_step(cfg, scorer, samples, concept, concept_emb, step_dir / "scores")
         pairs = build_pairs(scores["ts"], scores["is"], np.asarray(samples.prompt_index), filt)

@@ -170,6 +170,7 @@ class GenerateSchema:
     # the DPO samples' own sampler and steps (generate=fast); null: the backbone's, which evaluation uses
     sampler: Optional[str] = setting(None, _opt(lambda x: one_of(*_backbone_enums()[1])(x)))
     num_inference_steps: Optional[int] = setting(None, _opt(at_least(1)))
+    eta: Optional[float] = setting(None, _opt(non_negative))  # DDIM η of the DPO samples (1: as stochastic as DDPM)
 
 
 @dataclass

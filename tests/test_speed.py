@@ -95,3 +95,15 @@ def compose_default_m(backbone: str) -> int:
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[f"backbone={backbone}"]).generate.images_per_prompt
+
+
+def test_ddim_eta_gives_other_samples_and_is_recorded(tiny_backbone, tmp_path):
+    from dbdpo.generate import generate
+
+    bb = tiny_backbone()
+    a = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "eta0", 2, seed=0, progress=False)
+    b = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "eta1", 2, seed=0, eta=1.0, progress=False)
+    c = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "eta1b", 2, seed=0, eta=1.0, progress=False)
+    assert not torch.equal(a.latents, b.latents) and torch.equal(b.latents, c.latents)  # stochastic, still seeded
+    assert json.loads((tmp_path / "eta1" / "generation.json").read_text())["eta"] == 1.0
+    assert "eta" not in json.loads((tmp_path / "eta0" / "generation.json").read_text())  # old caches stay valid
