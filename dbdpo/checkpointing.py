@@ -70,6 +70,20 @@ class ResumableLoader(DataLoader):
         self._resume = dict(state)
 
 
+def shuffled_loader(dataset, batch_size: int, seed: int, per_rank: str, num_workers: int = 0) -> ResumableLoader:
+    """The stage's shuffled batches (seeded), resumable mid-epoch; with several processes each gets its part of the
+    1-process batches (`distributed.RankBatches`, `per_rank` = "slice" or "round")."""
+    from torch.utils.data import RandomSampler
+
+    from .distributed import RankBatches, rank, world_size
+
+    g = torch.Generator().manual_seed(seed)
+    if world_size() > 1:
+        batches = RankBatches(RandomSampler(dataset, generator=g), batch_size, per_rank, rank(), world_size())
+        return ResumableLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=g)
+    return ResumableLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=g)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning `CheckpointIO` that writes a checkpoint to a temporary file beside it and renames it into place
     (a kill never leaves half a checkpoint) and reads with `torch.load(weights_only=True)`."""

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .checkpointing import ResumableLoader
+from .checkpointing import ResumableLoader, shuffled_loader
 from .errors import ConfigError, DataError, DbdpoError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -213,15 +213,5 @@ class ConceptDataModule(L.LightningDataModule):
                                           class_prompt=cs.texts[0] if cs is not None else None, seed=self.seed)
 
     def train_dataloader(self) -> ResumableLoader:
-        from torch.utils.data import RandomSampler
-
-        from .distributed import RankBatches, rank, world_size
-
-        self.setup()
-        g = torch.Generator().manual_seed(self.seed)
-        if world_size() > 1:  # each process its slice of the 1-process batches (`batch_size` is the global batch)
-            batches = RankBatches(RandomSampler(self.dataset, generator=g), self.batch_size, "slice", rank(),
-                                  world_size())
-            return ResumableLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=g)
-        return ResumableLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                               generator=g, drop_last=False)
+        self.setup()  # with several processes each trains on its slice of a batch (`batch_size` is the global batch)
+        return shuffled_loader(self.dataset, self.batch_size, self.seed, "slice", self.num_workers)

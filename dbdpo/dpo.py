@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from .adapters import Adapter
 from .backbones import Conditioning
-from .checkpointing import ResumableLoader
+from .checkpointing import ResumableLoader, shuffled_loader
 from .distributed import rank, world_size
 from .personalize import (PromptEmbeddings, UNetTraining, check_finite, diffusion_target, make_optimizer,
                           step_generator)
@@ -81,17 +81,8 @@ class PairDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def train_dataloader(self) -> ResumableLoader:
-        from torch.utils.data import RandomSampler
-
-        from .distributed import RankBatches, rank, world_size
-
-        if world_size() > 1:  # process r trains the 1-process run's micro-batches r, r+W, …
-            g = torch.Generator().manual_seed(self.seed)
-            batches = RankBatches(RandomSampler(self.dataset, generator=g), self.micro_batch_size, "round", rank(),
-                                  world_size())
-            return ResumableLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=g)
-        return ResumableLoader(self.dataset, batch_size=self.micro_batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers)
+        # with several processes process r trains the 1-process run's micro-batches r, r+W, …
+        return shuffled_loader(self.dataset, self.micro_batch_size, self.seed, "round", self.num_workers)
 
 
 class DiffusionDPOModule(UNetTraining):

@@ -266,16 +266,24 @@ def _release(backbone: Backbone) -> None:
         torch.cuda.empty_cache()
 
 
-def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device,
-            text_encoders: bool = False) -> None:
-    """Save what a stage trained (the UNet with the text encoders when they trained, or the adapter alone; process
-    0 writes, every process has the same weights), fuse an adapter, and move back to `device`."""
+def _save_trained(adapter: Adapter, backbone: Backbone, path: Path, text_encoders: bool = False) -> None:
+    """Save what trains (the UNet with the text encoders when they train, or the adapter alone); process 0 writes,
+    every process holds the same weights."""
     with main_writes() as main:
         if main and adapter.kind == "full":
-            save_unet(backbone.unet, ckpt,
+            save_unet(backbone.unet, path,
                       dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if text_encoders else None)
         elif main:
-            save_adapter(adapter, backbone.unet, ckpt)
+            save_adapter(adapter, backbone.unet, path)
+
+
+def _finish(adapter: Adapter, backbone: Backbone, ckpt: Path, device: torch.device,
+            text_encoders: bool = False) -> None:
+    """Save what a stage trained, remove its mid-stage checkpoints, fuse an adapter, and move back to `device`."""
+    _save_trained(adapter, backbone, ckpt, text_encoders)
+    with main_writes() as main:
+        if main:
+            discard(partial_dir(ckpt))
     if adapter.kind != "full":
         adapter.fuse(backbone.unet)
     backbone.to(device)
@@ -350,14 +358,8 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
         return ckpt.with_name(f"{ckpt.name}_step{k}")
 
     def save(k: int) -> None:
-        if k == start == top:  # θ0 itself: saved by the stage's end
-            return
-        with main_writes() as main:
-            if main and adapter.kind == "full":
-                save_unet(backbone.unet, step_ckpt(k),
-                          dict(zip(backbone.TEXT_ENCODERS, backbone.text_encoders)) if train_te else None)
-            elif main:
-                save_adapter(adapter, backbone.unet, step_ckpt(k))
+        if k != start or start != top:  # θ0 itself is saved by the stage's end
+            _save_trained(adapter, backbone, step_ckpt(k), train_te)
 
     def evaluate(k: int) -> None:
         run_eval(cfg, backbone, curve["scorer"], concept, curve["concept_emb"], curve["prompts"],
@@ -389,9 +391,6 @@ def personalize(cfg: DictConfig, backbone: Backbone, concept: Concept, loggers: 
         else:
             adapter.load_state_dict(backbone.unet, load_adapter_file(step_ckpt(start)))
     _finish(adapter, backbone, ckpt, device, text_encoders=train_te)
-    with main_writes() as main:
-        if main:
-            discard(partial)
 
 
 def score_step(cfg, scorer, samples, concept, concept_emb, out_dir: Path) -> dict[str, np.ndarray]:
@@ -425,9 +424,6 @@ def dpo_step(cfg: DictConfig, backbone: Backbone, ref_unet, samples, pairs, logg
     del trainer, module, dm  # the datamodule holds the trainer (and so its optimizer) too
     _release(backbone)
     _finish(adapter, backbone, ckpt, device)
-    with main_writes() as main:
-        if main:
-            discard(partial)
 
 
 def eval_prompts(cfg: DictConfig, concept: Concept) -> list[str]:
@@ -487,11 +483,10 @@ def run(cfg: DictConfig) -> dict:
 
     validate(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    check_writable(run_dir)
+    check_writable(run_dir)  # creates it
     launch(cfg)  # with trainer.devices > 1 the other processes start here and every process runs what follows
     with main_writes() as main:
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(int(cfg.seed))
 

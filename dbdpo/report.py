@@ -113,10 +113,14 @@ def variant_name(variant: tuple) -> str:
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float, int]:
-    a = np.asarray([x for x in xs if x is not None and not math.isnan(x)], dtype=np.float64)
-    if not len(a):
+    """(mean, σ, n) of the values present (`evaluate.mean_std`); NaN, NaN, 0 when there are none."""
+    from .evaluate import mean_std
+
+    a = [x for x in xs if x is not None and not math.isnan(x)]
+    if not a:
         return math.nan, math.nan, 0
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+    m = mean_std(np.asarray(a))
+    return m["mean"], m["std"], m["n"]
 
 
 def metric_keys(runs: list[Run]) -> list[str]:

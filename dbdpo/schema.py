@@ -465,9 +465,13 @@ def _check_processes(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"trainer.strategy={strategy}: Lightning knows no such strategy; with several devices use "
                         "trainer.strategy=ddp")
         return
+    nodes = t.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        problems.append(f"trainer.num_nodes={_show(nodes)}: must be an integer ≥ 1")
+        return
     try:
         world = devices_of(cfg)
-        per_node = world // int(t.get("num_nodes", 1) or 1)
+        per_node = world // nodes
     except (TypeError, ValueError):
         problems.append(f"trainer.devices={t.get('devices')!r}: must be a number of devices, a list of indices or auto")
         return

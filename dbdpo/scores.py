@@ -404,48 +404,42 @@ def score_generation(
     """
     from tqdm.auto import tqdm
 
-    from .io import read_json, write_json
-
     from .distributed import barrier, is_main, mine, world_size
 
     shard_of = [Path(p).parent.name for p in samples.images]
     out = {"is": np.zeros(len(samples), dtype=np.float32), "ts": np.zeros(len(samples), dtype=np.float32)}
     shards = list(dict.fromkeys(shard_of))
+    caches = [Path(out_dir) / f"{shard}.json" if out_dir is not None else None for shard in shards]
+    args = (scorer, samples, shard_of, concept_emb, holder, text_variant, class_name)
     if world_size() > 1:  # process r scores shards k ≡ r (mod W) into out_dir, then every process reads them all
         if out_dir is None:
             raise DbdpoError("scoring with several processes needs an out_dir for the shards' scores")
         for k in tqdm([k for k in range(len(shards)) if mine(k)], desc="score", unit="shard",
                       disable=not progress or not is_main()):
-            score_generation_shard(scorer, samples, shard_of, shards[k], concept_emb, holder, text_variant,
-                                   class_name, out_dir)
+            _shard_scores(*args, shards[k], caches[k])
         barrier()
-    for shard in tqdm(shards, desc="score", unit="shard", disable=not progress or world_size() > 1):
+    for shard, cache in tqdm(list(zip(shards, caches)), desc="score", unit="shard",
+                             disable=not progress or world_size() > 1):
         idx = [i for i, s in enumerate(shard_of) if s == shard]
-        cache = Path(out_dir) / f"{shard}.json" if out_dir is not None else None
-        if cache is not None and cache.exists():
-            got = read_json(cache)
-        else:
-            sc = score_images(scorer, samples.load_images(idx), [samples.prompts[i] for i in idx], holder,
-                              concept_emb, text_variant=text_variant, class_name=class_name)
-            got = {"is": sc["is"].tolist(), "ts": sc["ts"].tolist(),
-                   "text": [remove_subject(samples.prompts[i], holder, text_variant, class_name) for i in idx]}
-            if cache is not None:
-                write_json(cache, got)
+        got = _shard_scores(*args, shard, cache)
         out["is"][idx] = got["is"]
         out["ts"][idx] = got["ts"]
     return out
 
 
-def score_generation_shard(scorer, samples, shard_of: list[str], shard: str, concept_emb, holder: str,
-                           text_variant: str, class_name: str | None, out_dir) -> None:
-    """Score one shard into `out_dir/<shard>.json` unless it is there."""
-    from .io import write_json
+def _shard_scores(scorer, samples, shard_of: list[str], concept_emb, holder: str, text_variant: str,
+                  class_name: str | None, shard: str, cache: Path | None) -> dict:
+    """One shard's IS / TS (and the texts TS compared with): read from `cache` when there, else scored and written
+    to it."""
+    from .io import read_json, write_json
 
-    cache = Path(out_dir) / f"{shard}.json"
-    if cache.exists():
-        return
+    if cache is not None and cache.exists():
+        return read_json(cache)
     idx = [i for i, s in enumerate(shard_of) if s == shard]
     sc = score_images(scorer, samples.load_images(idx), [samples.prompts[i] for i in idx], holder, concept_emb,
                       text_variant=text_variant, class_name=class_name)
-    write_json(cache, {"is": sc["is"].tolist(), "ts": sc["ts"].tolist(),
-                       "text": [remove_subject(samples.prompts[i], holder, text_variant, class_name) for i in idx]})
+    got = {"is": sc["is"].tolist(), "ts": sc["ts"].tolist(),
+           "text": [remove_subject(samples.prompts[i], holder, text_variant, class_name) for i in idx]}
+    if cache is not None:
+        write_json(cache, got)
+    return got

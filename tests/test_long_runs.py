@@ -367,6 +367,7 @@ def test_preflight_names_an_unwritable_run_directory(tmp_path):
     (["trainer.devices=2", "trainer.accelerator=cpu", "method.batch_size=3", "dpo.batch_size=2",
       "dpo.micro_batch_size=2"], ["method.batch_size=3", "dpo.batch_size=2: each of the 2 processes"]),
     (["trainer.checkpoint_every=-1"], ["trainer.checkpoint_every=-1"]),
+    (["trainer.num_nodes=0"], ["trainer.num_nodes=0: must be an integer ≥ 1"]),
 ])
 def test_bad_process_settings_are_one_clear_error(tmp_path, overrides, needles):
     from dbdpo.errors import ConfigError

@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,24 +41,12 @@ def compose_train(overrides: list[str], search_path: list[str] | None = None) ->
         return compose("train", overrides=[*extra, *overrides])
 
 
-class SaveUNetAt(L.Callback):
-    """Save the UNet (safetensors, atomically) when training reaches each of `steps`."""
-
-    def __init__(self, unet, steps: list[int], path_for):
-        self.unet, self.steps, self.path_for = unet, set(int(s) for s in steps), path_for
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from ..multistep import save_unet
-
-        if trainer.global_step in self.steps:
-            save_unet(self.unet, self.path_for(trainer.global_step))
-
-
 def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[tuple[int, dict]]:
     """Train DreamBooth once (`multistep.personalize` to the last of `steps`), saving the UNet at every step
     (0 = the world model itself), and evaluate each checkpoint; finished checkpoints and evaluations are
     reused."""
-    from ..multistep import eval_prompts, load_unet_into, personalize, prepare, run_eval, save_unet, _unet_done
+    from ..multistep import (SaveAndEvaluate, eval_prompts, load_unet_into, personalize, prepare, run_eval, save_unet,
+                             _unet_done)
 
     steps = sorted(set(int(s) for s in steps))
     ck = {s: unit_dir / "db" / f"step_{s}" / "unet" for s in steps}
@@ -88,7 +75,8 @@ def dreambooth_curve(cfg: DictConfig, steps: list[int], unit_dir: Path) -> list[
     # from the start, deterministically).
     cfg.method.max_steps = steps[-1]
     personalize(cfg, bb, u.concept, [], ck[steps[-1]], u.device,
-                callbacks=[SaveUNetAt(bb.unet, [s for s in steps[:-1] if s > 0], lambda s: ck[s])])
+                callbacks=[SaveAndEvaluate([s for s in steps[:-1] if s > 0], lambda s: save_unet(bb.unet, ck[s]),
+                                           lambda s: None)])  # evaluated below, with the judge
     prompts = eval_prompts(cfg, u.concept)
     curve = []
     for s in steps:
