@@ -6,7 +6,7 @@ later `Trainer(strategy=ddp)` finds the group and the processes ready. Each proc
 
 - generation, scoring and class images split their shards: process r makes shard k when k mod W = r, writes it
   atomically and waits for the others; per-sample seeds make 1 and W processes write the same shards;
-- personalization and DPO train under DDP with the global batch of the 1-process run (`method.batch_size`
+- personalization and DPO train under DDP (or FSDP for a full fine-tune, see `fsdp_strategy`) with the global batch of the 1-process run (`method.batch_size`
   images, `dpo.batch_size` pairs), split across processes so that each process trains on its slice of the same
   batches with the same noise (see `RankBatches`, `rank_rows`);
 - what is written once (pool, pairs, checkpoints, metrics, logs) is written by process 0.
@@ -220,3 +220,210 @@ def rank_rows(n_local: int, n_global: int, groups: int = 1) -> torch.Tensor:
     rows = [g * n_global + r * n_local + i for g in range(groups) for i in range(n_local)]
     return torch.tensor(rows)
 
+
+
+# ---- FSDP: a full fine-tune's UNet sharded across processes ------------------------------------------------------
+
+FSDP_STRATEGIES = ("fsdp", "fsdp_cpu_offload")
+
+
+def _fsdp_strategy_class():
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class DeviceAutocast(FSDPPrecision):
+        """FSDP's precision plugin autocasting on the processes' own device type (Lightning's autocasts CUDA only)."""
+
+        device_type = "cuda"
+
+        def forward_context(self):
+            if "mixed" in self.precision:
+                return torch.autocast(self.device_type, dtype=torch.bfloat16 if self.precision == "bf16-mixed"
+                                      else torch.float16)
+            return super().forward_context()
+
+    class ShardedUNet(FSDPStrategy):
+        """Lightning's FSDP strategy as dbdpo runs a full fine-tune with it: what trains (the UNet, the text encoders
+        when they train) is sharded block by block (`ResnetBlock2D`, `BasicTransformerBlock`, CLIP encoder layers);
+        the frozen children of the module (VAE, frozen text encoders, DPO's reference UNet) are left out of FSDP and
+        stay whole on every process. A subclass also runs on CPU processes (gloo): torch's FSDP supports them,
+        Lightning refuses them for the strategy's name only."""
+
+        def __init__(self, **kwargs):
+            kwargs.setdefault("auto_wrap_policy", _wrap_classes())
+            kwargs.setdefault("state_dict_type", "full")
+            super().__init__(**kwargs)
+            self.ignored: list[torch.nn.Module] = []
+
+        @property
+        def precision_plugin(self):
+            return FSDPStrategy.precision_plugin.fget(self)
+
+        @precision_plugin.setter
+        def precision_plugin(self, plugin) -> None:
+            if type(plugin) is FSDPPrecision:
+                plugin = DeviceAutocast(plugin.precision, plugin.scaler)
+            FSDPStrategy.precision_plugin.fset(self, plugin)
+
+        def _setup_model(self, model):
+            self.ignored = [m for _, m in model.named_children()
+                            if not any(p.requires_grad for p in m.parameters())]
+            self.kwargs["ignored_modules"] = self.ignored
+            if isinstance(self.precision_plugin, DeviceAutocast):
+                self.precision_plugin.device_type = self.root_device.type
+            n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("FSDP: %.1fM trained parameters sharded over %d processes; kept whole on each: %s", n / 1e6,
+                     self.world_size, ", ".join(name for name, m in model.named_children() if m in self.ignored)
+                     or "nothing")
+            if self.root_device.type != "cpu":
+                return super()._setup_model(model)
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            # torch's FSDP takes CPU processes when told the device (Lightning passes the device's index: none)
+            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                            mixed_precision=self.mixed_precision_config,
+                                            sharding_strategy=self.sharding_strategy,
+                                            device_id=torch.device("cpu"), **self.kwargs)
+
+        def optimizer_state(self, optimizer):
+            if self.root_device.type != "cpu":
+                return super().optimizer_state(optimizer)
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp import OptimStateKeyType
+
+            # torch gathers each optimizer state of a flat parameter into one reused buffer and, with
+            # offload_to_cpu, keeps views of it when the buffer is already on the CPU (every state would read as
+            # the last one gathered, exp_avg as exp_avg_sq): on CPU processes gather without offload (cloned)
+            with _full_context(self.model, offload=False, rank0_only=True):
+                state = FSDP.optim_state_dict(self.model, getattr(optimizer, "_optimizer", optimizer))
+                if self.global_rank == 0:
+                    state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+            return state
+
+        def load_checkpoint(self, checkpoint_path, weights_only=None):
+            """A mid-stage checkpoint (one file, full state) read through the CheckpointIO (torch.load with
+            weights_only=True; Lightning's FSDP reads it with an unrestricted unpickler)."""
+            from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+            from lightning.pytorch.trainer.states import TrainerFn
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp import OptimStateKeyType
+
+            checkpoint = self.checkpoint_io.load_checkpoint(self.broadcast(checkpoint_path))
+            _load_raw_module_state(checkpoint.pop("state_dict"), module=self.model, world_size=self.world_size,
+                                   strict=self.lightning_module.strict_loading)
+            states = checkpoint.get("optimizer_states")
+            if states and self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
+                with _full_context(self.model, offload=self.root_device.type != "cpu", rank0_only=False):
+                    for optimizer, state in zip(self.optimizers, states):
+                        state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_NAME, self.model)
+                        optimizer.load_state_dict(FSDP.optim_state_dict_to_load(optim_state_dict=state,
+                                                                                model=self.model, optim=optimizer))
+            return checkpoint
+
+    return ShardedUNet
+
+
+def _wrap_classes() -> set:
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.resnet import ResnetBlock2D
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    return {ResnetBlock2D, BasicTransformerBlock, CLIPEncoderLayer}
+
+
+def fsdp_strategy(name: str = "fsdp"):
+    """The strategy object `trainer.strategy=fsdp` (or `fsdp_cpu_offload`: parameters and gradients kept on the CPU
+    between uses) stands for."""
+    return _fsdp_strategy_class()(cpu_offload=name == "fsdp_cpu_offload")
+
+
+def sharded_root(trainer) -> "torch.nn.Module | None":
+    """The root FSDP module of a Trainer's fit, or None when the fit was not sharded."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    root = getattr(trainer.strategy, "model", None)
+    return root if isinstance(root, FullyShardedDataParallel) else None
+
+
+def _full_context(root, offload: bool, rank0_only: bool):
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
+                                FullStateDictConfig(offload_to_cpu=offload, rank0_only=rank0_only),
+                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=rank0_only))
+
+
+def full_state(root) -> dict[str, torch.Tensor]:
+    """Every process gets the whole (unsharded) state dict of an FSDP module, on the CPU (a collective call)."""
+    with _full_context(root, offload=next(root.parameters()).device.type != "cpu", rank0_only=False):
+        return root.state_dict()
+
+
+def _plain_copy(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A new, unsharded module of `module`'s class and config holding `state`."""
+    cls = type(module)
+    copy = cls.from_config(module.config) if hasattr(cls, "from_config") else cls(module.config)
+    copy.load_state_dict(state)
+    return copy.to(next(iter(state.values())).dtype).requires_grad_(False).eval()
+
+
+@contextlib.contextmanager
+def whole_modules(trainer, pipe) -> Iterator[None]:
+    """Inside a sharded fit (e.g. to save and evaluate θ_k on the way): the pipeline's sharded models replaced by
+    whole copies holding the weights training has now; nothing to do in an unsharded fit."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = sharded_root(trainer)
+    if root is None:
+        yield
+        return
+    full = full_state(root)
+    names = {id(m): n.replace("_fsdp_wrapped_module.", "").replace("._fsdp_wrapped_module", "")
+             for n, m in trainer.lightning_module.named_modules()}
+    device = trainer.strategy.root_device
+    saved = {}
+    for attr, m in list(pipe.components.items()):
+        if isinstance(m, torch.nn.Module) and any(isinstance(c, FSDP) for c in m.modules()):
+            prefix = names[id(m)] + "."
+            saved[attr] = m
+            setattr(pipe, attr, _plain_copy(m, {k[len(prefix):]: v for k, v in full.items()
+                                                if k.startswith(prefix)}).to(device))
+    del full
+    try:
+        yield
+    finally:
+        for attr, m in saved.items():
+            setattr(pipe, attr, m)
+
+
+def unshard(trainer) -> None:
+    """After a sharded fit: the trained weights gathered whole into every process and the FSDP wrappers taken out of
+    the module tree, so the next stage (generation, a save, another fit) sees the plain modules it had before."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = sharded_root(trainer)
+    if root is None:
+        return
+    full = full_state(root)
+    module = trainer.lightning_module
+    ignored = {id(p) for m in getattr(trainer.strategy, "ignored", []) for p in m.parameters()}
+    device = trainer.strategy.root_device
+
+    def unwrap(parent: torch.nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FSDP):
+                child = child.module
+                setattr(parent, name, child)
+            unwrap(child)
+
+    unwrap(module)
+    for prefix, mod in module.named_modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None or id(p) in ignored:
+                continue
+            # a fresh Parameter: the old one is a view of this process's shard and carries FSDP's marks
+            mod._parameters[name] = torch.nn.Parameter(full[f"{prefix}.{name}" if prefix else name].to(device),
+                                                       requires_grad=p.requires_grad)
+    trainer.strategy.model = module
+    barrier()

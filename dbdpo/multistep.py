@@ -29,7 +29,8 @@ from .checkpointing import (AtomicCheckpointIO, checkpoint_settings, discard, pa
                             stage_callbacks)
 from .concept import Concept, ConceptDataModule, build_concept, load_concept_images
 from .dpo import DiffusionDPOModule, PairDataModule
-from .distributed import finish, is_main, launch, local_rank, main_writes, world_size
+from .distributed import (FSDP_STRATEGIES, finish, fsdp_strategy, is_main, launch, local_rank, main_writes, unshard,
+                          whole_modules, world_size)
 from .errors import ConfigError
 from .preflight import check_disk, check_writable, estimate_bytes
 from .evaluate import comparison_grid, evaluate, mean_std, save_grid
@@ -165,6 +166,8 @@ def make_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, 
         if t.get("strategy") in (None, "auto"):
             t["strategy"] = "ddp"
         t["use_distributed_sampler"] = False
+    if t.get("strategy") in FSDP_STRATEGIES:
+        t["strategy"] = fsdp_strategy(t["strategy"])
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks or ())
     if checkpointing:
         overrides.update(enable_checkpointing=True, plugins=[AtomicCheckpointIO()])
@@ -174,6 +177,7 @@ def make_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, 
 def fit_stage(trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule, folder: Path) -> None:
     """`trainer.fit`, continuing from the newest mid-stage checkpoint in `folder` when there is one."""
     trainer.fit(module, datamodule=dm, ckpt_path=resume_point(folder), weights_only=True)
+    unshard(trainer)
 
 
 def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
@@ -323,11 +327,12 @@ class SaveAndEvaluate(L.Callback):
         k = trainer.global_step
         if k in self.steps and k not in self.done:
             self.done.add(k)
-            self.save(k)
-            pl_module.unet.eval()
-            with torch.no_grad():
-                self.evaluate(k)
-            pl_module.unet.train()
+            with whole_modules(trainer, pl_module.backbone.pipe):  # a sharded (FSDP) fit: whole copies of θ_k
+                self.save(k)
+                pl_module.unet.eval()
+                with torch.no_grad():
+                    self.evaluate(k)
+                pl_module.unet.train()
 
 
 def curve_steps(m: DictConfig) -> tuple[list[int], int]:

@@ -108,6 +108,15 @@ class UNetTraining(L.LightningModule):
         # several processes W(δ) is rebuilt per forward instead
         self.adapter.amortize(self.unet, world_size() == 1)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from .distributed import sharded_root
+
+        root = sharded_root(self.trainer)
+        if root is None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_val:  # ‖g‖ over every process's shard (torch.nn.utils' would see one shard)
+            root.clip_grad_norm_(gradient_clip_val)
+
     def on_after_backward(self) -> None:
         self.adapter.after_backward(self.unet)
 

@@ -455,7 +455,7 @@ def _check_processes(cfg: DictConfig, problems: list[str]) -> None:
     import torch
     from lightning.pytorch.strategies import StrategyRegistry
 
-    from .distributed import DDP_STRATEGIES, devices_of
+    from .distributed import DDP_STRATEGIES, FSDP_STRATEGIES, devices_of
 
     t = cfg.get("trainer")
     if not isinstance(t, DictConfig):
@@ -485,9 +485,14 @@ def _check_processes(cfg: DictConfig, problems: list[str]) -> None:
     elif per_node > (os.cpu_count() or 1):
         problems.append(f"trainer.devices={t.get('devices')}: {per_node} CPU processes on a machine with "
                         f"{os.cpu_count()} cores; use at most {os.cpu_count()}")
-    if strategy not in DDP_STRATEGIES:
-        problems.append(f"trainer.strategy={strategy}: with several devices dbdpo runs every stage over DDP "
-                        f"processes it starts itself; use trainer.strategy=ddp")
+    if strategy in FSDP_STRATEGIES:
+        kind = (cfg.get("method") or {}).get("adapter", {}).get("kind", "full")
+        if kind != "full":
+            problems.append(f"trainer.strategy={strategy} shards a full fine-tune's UNet; method.adapter.kind={kind} "
+                            "trains a small adapter beside a frozen UNet: use trainer.strategy=ddp")
+    elif strategy not in DDP_STRATEGIES:
+        problems.append(f"trainer.strategy={strategy}: with several devices dbdpo runs every stage over DDP (or, for "
+                        f"a full fine-tune, FSDP) processes it starts itself; use trainer.strategy=ddp or fsdp")
     try:
         m, d = cfg.method, cfg.dpo
         if int(m.batch_size) % world:
