@@ -262,7 +262,7 @@ def _hand_study(tmp_path: Path) -> tuple[Path, dict]:
     return study, manifest
 
 
-def test_table1_from_a_hand_made_vote_table(tmp_path):
+def test_table1_from_a_hand_made_vote_table(tmp_path, monkeypatch):
     study, manifest = _hand_study(tmp_path)
     recs = {r["question"]: r for r in table(manifest, Votes(study / "votes.sqlite").rows(), n_boot=4000)}
     q1 = recs[1]  # sides: A, A, B, none, A, B → win 3/6, lose 2/6, no diff 1/6
@@ -283,7 +283,12 @@ def test_table1_from_a_hand_made_vote_table(tmp_path):
     # CLIP on IS prefers A on t0 only: decided answers t0 A (agree), B (no), t1 A, A (no, no), t3 B (agree) → 2/5
     assert q2["clip_agreement"] == pytest.approx(40.0)
     assert np.isnan(recs[3]["clip_agreement"])  # question 3 has no CLIP counterpart
-    out = results(study, n_boot=500)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = results(study, n_boot=500, wandb_project="dbdpo-study")
+    tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/study/table1_*.table.json"))
+    assert len(tables) == 1 and len(json.loads(tables[0].read_text())["data"]) == 3
     md = (study / "results.md").read_text()
     assert "dpo vs db" in md and "50.0 [" in md and (study / "results.csv").read_text().count("\n") == 4
     assert len(out) == 3
