@@ -1,8 +1,8 @@
-"""How often the scorer's preference pairs are right by the oracle, on verify's S = 1 runs of world concepts.
+"""How often the scorer's preference pairs are right by the oracle, on verify's runs of world concepts.
 
     python experiments/pair_labels_vs_oracle.py results/miniworld/runs/*/seed0
 
-For each unit and variant (its `*_s1/step_1` samples, scores and kept pairs) it reports:
+For each unit, variant and DPO step (its `<variant>_s<S>/step_<k>` samples, scores and kept pairs) it reports:
 - the fraction of a prompt's sample pairs that the oracle tells apart on prompt-following (or on identity),
   and among those how often the scorer's TS (IS) orders them as the oracle does;
 - among the filter's kept pairs, the fraction whose winner the oracle finds better / worse on each.
@@ -44,11 +44,11 @@ def main(unit_dirs: list[str]) -> None:
           "| kept: prompt better / worse | kept: identity better / worse | kept |")
     print("|---|---|---|---|---|---|---|---|---|")
     for unit in map(Path, unit_dirs):
-        for v in ("ts_s1", "is_s1", "mix_s1"):
-            d = unit / v / "step_1"
-            if not (d / "pairs.json").exists():
+        for d in sorted(unit.glob("*_s[0-9]*/step_[0-9]*")):
+            v = f"{d.parent.name}/{d.name}"
+            if not (d / "pairs.json").exists() or not (d / "samples").is_dir():
                 continue
-            cfg = OmegaConf.load(unit / v / "config.yaml")
+            cfg = OmegaConf.load(d.parent / "config.yaml")
             holder = f"{cfg.concept.token} {cfg.concept.class_name}"
             samples = load_samples(d / "samples")
             images = np.stack([np.asarray(im) for im in samples.load_images()])

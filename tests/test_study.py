@@ -82,6 +82,9 @@ def test_build_pairs_the_same_prompt_and_seed_blind_and_assigns_tasks(run_dir, s
                   overlap=2, tasks_per_assessor=4, seed=7)
     assert [(t["template"], t["seed"], t["shown"]) for t in again["tasks"]] == \
         [(t["template"], t["seed"], t["shown"]) for t in m["tasks"]]
+    assert m["unassigned"] == 0
+    few = build(study.parent / "few", [(f"{run_dir}:step_1", f"{run_dir}:personalize")], tasks_per_assessor=3)
+    assert len(few["tasks"]) == 3 and few["unassigned"] == 5 and len(list((study.parent / "few" / "images").iterdir())) == 6
 
 
 def test_build_errors_name_what_to_change(run_dir, tmp_path):

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
                           overlap=a.overlap, seed=a.seed, max_tasks=a.max_tasks)
         print(f"{a.out}: {len(m['tasks'])} tasks for {len(m['assessors'])} assessor(s); links in {a.out}/links.txt; "
               f"serve with: python -m dbdpo.study serve {a.out}")
+        if m["unassigned"]:
+            print(f"warning: {m['unassigned']} image pairs went to no assessor (more --assessors or "
+                  "--tasks-per-assessor would include them)", file=sys.stderr)
     elif a.command == "serve":
         from .server import serve
 

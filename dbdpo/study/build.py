@@ -169,13 +169,15 @@ def build(out: str | Path, compare: list[tuple[str, str]], tasks_per_assessor: i
         lists[open_[i % len(open_)]].append(tid)
         i += 1
     assigned = {tid for lst in lists for tid in lst}
+    unassigned = len(tasks) - len(assigned)
     tasks = [t for t in tasks if t["id"] in assigned]
     for lst in lists:
         rng.shuffle(lst)
     people = {secrets.token_urlsafe(9): {"name": f"assessor{j + 1}", "tasks": lst} for j, lst in enumerate(lists)}
     manifest = {"version": 1, "seed": seed, "pairs": pairs, "concepts": concepts, "tasks": tasks,
                 "assessors": people, "settings": {"tasks_per_assessor": tasks_per_assessor, "assessors": assessors,
-                                                  "overlap": overlap, "max_tasks": max_tasks}}
+                                                  "overlap": overlap, "max_tasks": max_tasks},
+                "unassigned": unassigned}
     keep = {i for t in tasks for i in t["images"].values()}
     for f in (out / "images").glob("*.png"):
         if f.stem not in keep:
