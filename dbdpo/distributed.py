@@ -406,6 +406,11 @@ def unshard(trainer) -> None:
     if root is None:
         return
     full = full_state(root)
+    trainer.strategy.optimizers = []  # the fit is over: its sharded states go before the whole weights arrive
+    root.zero_grad(set_to_none=True)
+    import gc
+
+    gc.collect()
     module = trainer.lightning_module
     ignored = {id(p) for m in getattr(trainer.strategy, "ignored", []) for p in m.parameters()}
     device = trainer.strategy.root_device
