@@ -14,7 +14,9 @@
 # Then, per setting, the oracle agreement of the kept pairs (experiments/pair_labels_vs_oracle.py on the S = 1
 # runs) goes to OUT_DIR/<setting>/pairs.txt. Unpack each OUT_DIR/<setting>/units.tar.gz into
 # results/scale/<setting> and rerun `python -m dbdpo.world verify results_dir=results/scale/<setting> ...` (same
-# keys) to write its report from the finished units.
+# keys) to write its report from the finished units; then the Δ table across settings:
+# `python experiments/scale_table.py n16=results/scale/n16/verify.json n64=results/scale/n64/verify.json …`
+# (results/scale-check/notes.md shows both outputs for the CPU subset).
 set -u
 OUT=$(realpath -m "${1:?usage: $0 OUT_DIR [setting ...]}"); shift
 HERE=$(cd "$(dirname "$0")" && pwd)
