@@ -148,5 +148,7 @@ def discard(folder: Path) -> None:
 
 def trainable_state(module: torch.nn.Module, state: dict) -> dict:
     """The entries of a module's state dict that train (requires_grad); the rest is rebuilt by a rerun."""
-    names = {n.replace("_fsdp_wrapped_module.", "") for n, p in module.named_parameters() if p.requires_grad}
+    from .distributed import unwrapped_name
+
+    names = {unwrapped_name(n) for n, p in module.named_parameters() if p.requires_grad}
     return {k: v for k, v in state.items() if k in names}

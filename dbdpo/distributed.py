@@ -227,6 +227,11 @@ def rank_rows(n_local: int, n_global: int, groups: int = 1) -> torch.Tensor:
 FSDP_STRATEGIES = ("fsdp", "fsdp_cpu_offload")
 
 
+def unwrapped_name(name: str) -> str:
+    """A parameter's or module's name with FSDP's wrapper level taken out (its name in the plain module)."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("._fsdp_wrapped_module", "")
+
+
 def _fsdp_strategy_class():
     from lightning.pytorch.plugins.precision import FSDPPrecision
     from lightning.pytorch.strategies import FSDPStrategy
@@ -379,8 +384,7 @@ def whole_modules(trainer, pipe) -> Iterator[None]:
         yield
         return
     full = full_state(root)
-    names = {id(m): n.replace("_fsdp_wrapped_module.", "").replace("._fsdp_wrapped_module", "")
-             for n, m in trainer.lightning_module.named_modules()}
+    names = {id(m): unwrapped_name(n) for n, m in trainer.lightning_module.named_modules()}
     device = trainer.strategy.root_device
     saved = {}
     for attr, m in list(pipe.components.items()):

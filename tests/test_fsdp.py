@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_long_runs import _kill_after_checkpoint, _train
-
-
-@pytest.fixture(scope="module")
-def whole_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("whole")
-    proc = _train(run_dir)
-    assert proc.wait() == 0, proc.stdout.read()[-3000:]
-    return run_dir
+from test_long_runs import _kill_after_checkpoint, _train, whole_run  # noqa: F401 (the 1-process run, a fixture)
 
 
 def _weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:

@@ -119,9 +119,13 @@ def build(out: str | Path, compare: list[tuple[str, str]], tasks_per_assessor: i
     (out / "refs").mkdir(parents=True, exist_ok=True)
 
     pairs, tasks, concepts = [], [], {}
+    by_run: dict[Path, object] = {}  # each run's concept, prepared once for all its stages
     for k, (a_spec, b_spec) in enumerate(compare):
         a, b = parse_side(a_spec), parse_side(b_spec)
-        ca, cb = _concept(a), _concept(b)
+        for side in (a, b):
+            if side.run.resolve() not in by_run:
+                by_run[side.run.resolve()] = _concept(side)
+        ca, cb = by_run[a.run.resolve()], by_run[b.run.resolve()]
         if ca.name != cb.name:
             raise DbdpoError(f"compared pair {k + 1}: {a.label} is concept {ca.name!r}, {b.label} is {cb.name!r}; "
                              "a study compares two methods on the same concept")

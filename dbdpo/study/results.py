@@ -58,11 +58,16 @@ def bootstrap_ci(counts: np.ndarray, n_boot: int = 2000, seed: int = 0, level: f
     return np.stack([np.percentile(pct, lo, axis=0), np.percentile(pct, hi, axis=0)], axis=1)
 
 
-def fleiss_kappa(table: np.ndarray) -> float:
-    """Fleiss' κ of a (items, categories) count table; items may have different numbers of raters (≥ 2)."""
+def _rated(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a (items, categories) count table with ≥ 2 raters, and their numbers of raters."""
     t = np.asarray(table, dtype=np.float64)
     n = t.sum(axis=1)
-    t, n = t[n >= 2], n[n >= 2]
+    return t[n >= 2], n[n >= 2]
+
+
+def fleiss_kappa(table: np.ndarray) -> float:
+    """Fleiss' κ of a (items, categories) count table; items may have different numbers of raters (≥ 2)."""
+    t, n = _rated(table)
     if len(t) == 0:
         return math.nan
     p_i = ((t ** 2).sum(axis=1) - n) / (n * (n - 1))
@@ -73,9 +78,7 @@ def fleiss_kappa(table: np.ndarray) -> float:
 
 def pairwise_agreement(table: np.ndarray) -> float:
     """Mean over items (≥ 2 raters) of the fraction of rater pairs that gave the same answer."""
-    t = np.asarray(table, dtype=np.float64)
-    n = t.sum(axis=1)
-    t, n = t[n >= 2], n[n >= 2]
+    t, n = _rated(table)
     if len(t) == 0:
         return math.nan
     return float(((t * (t - 1)).sum(axis=1) / (n * (n - 1))).mean())
