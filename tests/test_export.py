@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -64,10 +66,23 @@ def theta_s(run_dir: Path, step: int | None = None):
     return rebuild(cfg, done[: (len(done) if step is None else step + 1)]).pipe
 
 
-def export(run_dir, fmt, out, *extra) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "dbdpo.export", str(run_dir), "--format", fmt, "--out", str(out),
-                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def export(run_dir, fmt, out, *extra, cli: bool = False) -> subprocess.CompletedProcess:
+    """`python -m dbdpo.export RUN --format FMT --out OUT`: in this process (its `main`, exit code and stderr as the
+    command's), or with `cli=True` as the command itself."""
+    argv = [str(run_dir), "--format", fmt, "--out", str(out), *extra]
+    if cli:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        return subprocess.run([sys.executable, "-m", "dbdpo.export", *argv], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    from dbdpo.export import main
+
+    out_s, err_s, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out_s), contextlib.redirect_stderr(err_s):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(argv, code, out_s.getvalue(), err_s.getvalue())
 
 
 def safetensors_metadata(folder: Path) -> list[dict]:
@@ -195,7 +210,7 @@ def test_full_dreambooth_pipeline_export_carries_the_trained_text_encoder(tmp_pa
 
 @pytest.mark.slow
 def test_bad_export_requests_are_one_clear_error(lora_run, tmp_path):
-    proc = export(lora_run, "diffusers", tmp_path / "x", "--step", "7")
+    proc = export(lora_run, "diffusers", tmp_path / "x", "--step", "7", cli=True)
     assert proc.returncode == 2 and "--step 7" in proc.stderr and "0 (personalization) to 2" in proc.stderr
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")

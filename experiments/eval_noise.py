@@ -1,0 +1,138 @@
+"""How much of `verify`'s Δ is measurement noise of the evaluation itself?
+
+    python experiments/eval_noise.py RESULTS_DIR [--group 4] [--json OUT.json]
+
+Run `verify` with a larger evaluation (e.g. `eval.images_per_prompt=32` in `train_overrides`). Every sample's noise
+is seeded by (prompt, sample index, eval seed), so images 0–3 of that evaluation are exactly the images of
+`verify`'s own 4-per-prompt check, and images 4–7, 8–11, … are further checks of the same kind with fresh noise.
+For each unit (concept × seed) and DPO variant, Δ = final − start (the DreamBooth start vs the last DPO step, on
+the same evaluation seeds) is computed
+
+- on each group of `--group` images per prompt (the group 0 figure is what `verify` reports), giving the
+  spread of a `group`-image check over its sampling noise (σ_noise, per unit, then averaged);
+- on all images (the pooled figure).
+
+Across units it prints, per variant and metric: the mean pooled Δ ± σ over units, the cluster-bootstrap support
+(fraction of unit resamples with mean Δ > 0), the mean group-0 Δ, and σ_noise of one unit's Δ and of the
+across-unit mean, next to the σ over units of the group-0 Δ (what the claims' ± shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from dbdpo.generate import load_samples
+from dbdpo.io import read_json
+from dbdpo.world.concepts import parse_world_concept
+from dbdpo.world.judge import look_labels, oracle_scores
+from dbdpo.world.oracle import load_oracle, predict
+
+ORACLE = Path(__file__).resolve().parents[1] / "dbdpo" / "assets" / "world" / "oracle.safetensors"
+METRICS = {"scorer_ts": "TS scorer", "evaluator_ts": "TS evaluator", "evaluator_is": "IS evaluator",
+           "oracle_prompt": "oracle prompt-following", "oracle_identity": "oracle identity"}
+
+
+def _shard_scores(folder: Path, key: str) -> np.ndarray:
+    return np.concatenate([read_json(f)[key] for f in sorted(folder.glob("*.json"))])
+
+
+def per_image(eval_dir: Path, oracle, holder: str, look: dict) -> dict[str, np.ndarray]:
+    """Per image of an evaluation: scorer TS, evaluator IS / TS, oracle prompt-following (NaN when the prompt
+    asks for no attribute) and identity; with the prompt and sample indices."""
+    s = load_samples(eval_dir / "samples")
+    images = np.stack([np.asarray(im) for im in s.load_images()])
+    o = oracle_scores(predict(oracle, images), list(s.prompts), holder, look)
+    return {"prompt": np.asarray(s.prompt_index), "sample": np.asarray(s.sample_index),
+            "scorer_ts": _shard_scores(eval_dir / "scores", "ts"),
+            "evaluator_ts": _shard_scores(eval_dir / "evaluator_scores", "ts"),
+            "evaluator_is": _shard_scores(eval_dir / "evaluator_scores", "is"),
+            "oracle_prompt": o["follow"], "oracle_identity": o["identity"]}
+
+
+def figure(d: dict[str, np.ndarray], metric: str, keep: np.ndarray) -> float:
+    """The evaluation's figure on the kept images: mean over prompts of the per-prompt mean (NaNs dropped)."""
+    v, p = d[metric][keep], d["prompt"][keep]
+    ok = ~np.isnan(v)
+    return float(np.mean([v[ok & (p == q)].mean() for q in np.unique(p[ok])]))
+
+
+def unit_deltas(start: dict, final: dict, group: int) -> dict[str, dict]:
+    n = int(start["sample"].max()) + 1
+    groups = [np.arange(g * group, (g + 1) * group) for g in range(n // group)]
+    out = {}
+    for m in METRICS:
+        per_group = [figure(final, m, np.isin(final["sample"], g)) - figure(start, m, np.isin(start["sample"], g))
+                     for g in groups]
+        pooled = figure(final, m, np.ones(len(final["sample"]), bool)) - \
+            figure(start, m, np.ones(len(start["sample"]), bool))
+        out[m] = {"groups": per_group, "pooled": pooled}
+    return out
+
+
+def support(x: np.ndarray, n_boot: int = 10000, seed: int = 0) -> float:
+    """Cluster bootstrap over units: the fraction of resamples whose mean is > 0."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    return float((x[idx].mean(1) > 0).mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results_dir", type=Path)
+    ap.add_argument("--group", type=int, default=4, help="images per prompt of the check whose noise is measured")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    oracle = load_oracle(str(ORACLE), "cpu")
+    units: dict[str, dict] = {}
+    for unit in sorted((a.results_dir / "runs").glob("*/seed*")):
+        starts = sorted((unit / "db").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        if not starts:
+            continue
+        for vdir in sorted(unit.glob("*_s[0-9]*")):
+            S = int(vdir.name.rsplit("_s", 1)[1])
+            fin = vdir / f"step_{S}" / "eval"
+            if not (fin / "judge.json").exists():
+                continue
+            cfg = OmegaConf.load(vdir / "config.yaml")
+            holder = f"{cfg.concept.token} {cfg.concept.class_name}"
+            look = look_labels(parse_world_concept(cfg.concept).look)
+            key = f"{unit.parent.name}/{unit.name}"
+            if key not in units:
+                units[key] = {"start": per_image(starts[-1] / "eval", oracle, holder, look), "variants": {}}
+            units[key]["variants"][vdir.name] = unit_deltas(units[key]["start"], per_image(fin, oracle, holder, look),
+                                                            a.group)
+            print(f"{key} {vdir.name}", file=sys.stderr)
+    variants = sorted({v for u in units.values() for v in u["variants"]})
+    n_img = {int(u["start"]["sample"].max()) + 1 for u in units.values()}
+    print(f"{len(units)} units; {sorted(n_img)} images per prompt pooled; checks of {a.group} images per prompt\n")
+    print(f"| variant | metric | Δ pooled (mean ± σ over units) | support | Δ first {a.group} (verify's) ± σ over units "
+          f"| σ_noise of one unit's Δ ({a.group}-image check) | σ_noise of the mean over units |")
+    print("|---|---|---|---|---|---|---|")
+    summary = {}
+    for v in variants:
+        for m, label in METRICS.items():
+            rows = [u["variants"][v][m] for u in units.values() if v in u["variants"]]
+            pooled = np.array([r["pooled"] for r in rows])
+            first = np.array([r["groups"][0] for r in rows])
+            noise = np.array([np.std(r["groups"], ddof=1) for r in rows])
+            sn = float(np.sqrt(np.mean(noise ** 2)))
+            summary[f"{v}/{m}"] = {"pooled_mean": float(pooled.mean()), "pooled_sd": float(pooled.std(ddof=1)),
+                                   "support": support(pooled), "first_mean": float(first.mean()),
+                                   "first_sd": float(first.std(ddof=1)), "noise_unit": sn,
+                                   "noise_mean": sn / np.sqrt(len(rows)), "units": len(rows)}
+            s = summary[f"{v}/{m}"]
+            print(f"| {v} | {label} | {s['pooled_mean']:+.4f} ± {s['pooled_sd']:.4f} | {s['support']:.2f} "
+                  f"| {s['first_mean']:+.4f} ± {s['first_sd']:.4f} | {sn:.4f} | {s['noise_mean']:.4f} |")
+    if a.json:
+        a.json.write_text(json.dumps({"units": {k: u["variants"] for k, u in units.items()}, "summary": summary},
+                                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
