@@ -5,14 +5,16 @@
 # experiments/world_verify_gpu.sh (units in parallel, finished units packed).
 # Usage: experiments/scale_sweep_gpu.sh OUT_DIR [setting ...]
 # Env: CONCEPTS (default: 4 concepts), SEEDS (default "0 1"), PARALLEL (16), DEADLINE_S per setting (240),
-#      RESULTS_ROOT (/tmp/scale_sweep).
+#      RESULTS_ROOT (/tmp/scale_sweep), EVAL_IMAGES (32: evaluation images per prompt; images 0-3 are verify's own
+#      4-image check, the rest measure that check's sampling noise, experiments/eval_noise.py).
 # Settings (N = prompts per DPO step at S = 2, so prompts.n = 2N; M = images per prompt):
 #   n16        verify's own (N 16, M 8, DDIM η 0, guidance 3)     n64        N 64
 #   n256       N 256                                              n64_m16    N 64, M 16
 #   n64_eta1   N 64, DPO samples with DDIM η = 1 (DDPM-like variety)
 #   n64_g7.5   N 64, DPO samples at guidance 7.5
 # Then, per setting, the oracle agreement of the kept pairs (experiments/pair_labels_vs_oracle.py on the S = 1
-# runs) goes to OUT_DIR/<setting>/pairs.txt. Unpack each OUT_DIR/<setting>/units.tar.gz into
+# runs) goes to OUT_DIR/<setting>/pairs.txt and the pooled Δ with the 4-image check's noise
+# (experiments/eval_noise.py) to OUT_DIR/<setting>/eval_noise.txt. Unpack each OUT_DIR/<setting>/units.tar.gz into
 # results/scale/<setting> and rerun `python -m dbdpo.world verify results_dir=results/scale/<setting> ...` (same
 # keys) to write its report from the finished units; then the Δ table across settings:
 # `python experiments/scale_table.py n16=results/scale/n16/verify.json n64=results/scale/n64/verify.json …`
@@ -27,7 +29,7 @@ export SEEDS=${SEEDS:-"0 1"}
 export DEADLINE_S=${DEADLINE_S:-240}
 SETTINGS=("$@")
 [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(n16 n64 n256 n64_m16 n64_eta1 n64_g7.5)
-base='"backbone=world","logger=none","progress=false"'
+base="\"backbone=world\",\"logger=none\",\"progress=false\",\"eval.images_per_prompt=${EVAL_IMAGES:-32}\""
 overrides() {
   case $1 in
     n16) echo "$base,\"prompts.n=32\"" ;;
@@ -51,5 +53,6 @@ for s in "${SETTINGS[@]}"; do
   fi
   RESULTS_DIR="$res" "$HERE/world_verify_gpu.sh" "$OUT/$s" "train_overrides=[$(overrides "$s")]"
   $PY "$HERE/pair_labels_vs_oracle.py" "$res"/runs/*/seed* > "$OUT/$s/pairs.txt" 2>&1
+  $PY "$HERE/eval_noise.py" "$res" --json "$OUT/$s/eval_noise.json" > "$OUT/$s/eval_noise.txt" 2>/dev/null
   [ -z "$first" ] && first=$s
 done

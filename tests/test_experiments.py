@@ -67,3 +67,24 @@ def test_experiment_first_point_runs_end_to_end_at_tiny_size(experiment, tmp_pat
     metrics = run(compose([f"experiment={experiment}", *TINY, *point, *steps, "prompts.n=2",
                            f"paths.output_dir={tmp_path}"]))
     assert "step_1" in metrics["stages"] and "eval/clip_i" in metrics["stages"]["personalize"]
+
+
+def test_eval_noise_splits_a_larger_evaluation_into_verifys_checks():
+    # experiments/eval_noise.py: 2 prompts × 8 images per prompt, checks of 4 images; figures by hand
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("eval_noise", ROOT / "experiments" / "eval_noise.py")
+    en = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(en)
+    prompt, sample = np.repeat([0, 1], 8), np.tile(np.arange(8), 2)
+    start = {"prompt": prompt, "sample": sample, **{m: np.zeros(16) for m in en.METRICS}}
+    final = {"prompt": prompt, "sample": sample, **{m: np.zeros(16) for m in en.METRICS}}
+    final["oracle_prompt"] = np.where(sample < 4, 1.0, 0.0)  # the first check sees a gain of 1, the second none
+    final["oracle_identity"] = np.where(prompt == 0, 0.5, np.nan)  # prompt 1 asks for nothing: dropped, not 0
+    d = en.unit_deltas(start, final, group=4)
+    assert d["oracle_prompt"]["groups"] == [1.0, 0.0] and d["oracle_prompt"]["pooled"] == 0.5
+    assert d["oracle_identity"]["groups"] == [0.5, 0.5] and d["oracle_identity"]["pooled"] == 0.5
+    assert d["evaluator_ts"] == {"groups": [0.0, 0.0], "pooled": 0.0}
+    assert en.support(np.array([0.1, 0.2, 0.3])) == 1.0 and en.support(np.array([-0.1, -0.2])) == 0.0
