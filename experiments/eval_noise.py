@@ -1,6 +1,6 @@
 """How much of `verify`'s Δ is measurement noise of the evaluation itself?
 
-    python experiments/eval_noise.py RESULTS_DIR [--group 4] [--json OUT.json]
+    python experiments/eval_noise.py RESULTS_DIR [--group 4] [--json OUT.json] [--plot OUT.png]
 
 Run `verify` with a larger evaluation (e.g. `eval.images_per_prompt=32` in `train_overrides`). Every sample's noise
 is seeded by (prompt, sample index, eval seed), so images 0–3 of that evaluation are exactly the images of
@@ -12,9 +12,15 @@ the same evaluation seeds) is computed
   spread of a `group`-image check over its sampling noise (σ_noise, per unit, then averaged);
 - on all images (the pooled figure).
 
+The evaluation seeds depend on (prompt, sample index, `eval.seed`) only, and world concepts share their evaluation
+prompts, so every unit's check `g` draws the same noises: a check's noise is shared by all units and does not
+average out over them. The noise of `verify`'s across-unit figure is therefore measured as the spread over checks
+of the across-unit mean Δ_g (not as one unit's spread ÷ √units).
+
 Across units it prints, per variant and metric: the mean pooled Δ ± σ over units, the cluster-bootstrap support
-(fraction of unit resamples with mean Δ > 0), the mean group-0 Δ, and σ_noise of one unit's Δ and of the
-across-unit mean, next to the σ over units of the group-0 Δ (what the claims' ± shows).
+(fraction of unit resamples with mean Δ > 0), verify's figure (the check-0 mean over units) ± σ over units, the
+σ over checks of the across-unit mean (the noise of that figure), the naive σ that assumes independent noise per
+unit, and the checks whose across-unit mean is > 0.
 """
 
 from __future__ import annotations
@@ -82,11 +88,47 @@ def support(x: np.ndarray, n_boot: int = 10000, seed: int = 0) -> float:
     return float((x[idx].mean(1) > 0).mean())
 
 
+def plot(units: dict, variants: list[str], group: int, path: Path) -> None:
+    """One panel per variant × metric: for each unit the Δ of every `group`-image check (grey dots; verify's own
+    check ringed) and the pooled Δ over all images (black bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["evaluator_ts", "evaluator_is", "oracle_prompt", "oracle_identity"]
+    names = list(units)
+    fig, axes = plt.subplots(len(variants), len(metrics), figsize=(3.6 * len(metrics), 2.6 * len(variants)),
+                             squeeze=False, sharex=True)
+    for i, v in enumerate(variants):
+        for j, m in enumerate(metrics):
+            ax = axes[i][j]
+            for x, k in enumerate(names):
+                r = units[k]["variants"].get(v, {}).get(m)
+                if r is None:
+                    continue
+                g = np.asarray(r["groups"])
+                ax.scatter(np.full(len(g), x) + np.linspace(-0.2, 0.2, len(g)), g, s=9, color="0.6")
+                ax.scatter([x - 0.2], [g[0]], s=40, facecolors="none", edgecolors="tab:red")
+                ax.hlines(r["pooled"], x - 0.3, x + 0.3, color="k", lw=2)
+            ax.axhline(0, color="0.3", lw=0.6, ls=":")
+            ax.set_title(f"{v}: {METRICS[m]}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("Δ final − start")
+            ax.set_xticks(range(len(names)), [n.replace("/seed", " s") for n in names], rotation=60, fontsize=7)
+    fig.suptitle(f"Δ of each {group}-image check (grey; red ring: verify's own) and pooled over all images (black)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results_dir", type=Path)
     ap.add_argument("--group", type=int, default=4, help="images per prompt of the check whose noise is measured")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="per unit: each check's Δ (dots) and the pooled Δ")
     a = ap.parse_args(argv)
     oracle = load_oracle(str(ORACLE), "cpu")
     units: dict[str, dict] = {}
@@ -111,24 +153,29 @@ def main(argv: list[str] | None = None) -> None:
     variants = sorted({v for u in units.values() for v in u["variants"]})
     n_img = {int(u["start"]["sample"].max()) + 1 for u in units.values()}
     print(f"{len(units)} units; {sorted(n_img)} images per prompt pooled; checks of {a.group} images per prompt\n")
-    print(f"| variant | metric | Δ pooled (mean ± σ over units) | support | Δ first {a.group} (verify's) ± σ over units "
-          f"| σ_noise of one unit's Δ ({a.group}-image check) | σ_noise of the mean over units |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| variant | metric | Δ pooled (mean ± σ over units) | support | verify's Δ (check 0) ± σ over units "
+          f"| σ over checks of the mean Δ | naive σ (independent noise) | checks with mean Δ > 0 |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = {}
     for v in variants:
         for m, label in METRICS.items():
             rows = [u["variants"][v][m] for u in units.values() if v in u["variants"]]
             pooled = np.array([r["pooled"] for r in rows])
             first = np.array([r["groups"][0] for r in rows])
-            noise = np.array([np.std(r["groups"], ddof=1) for r in rows])
-            sn = float(np.sqrt(np.mean(noise ** 2)))
+            groups = np.array([r["groups"] for r in rows])  # units × checks
+            naive = float(np.sqrt(np.mean(groups.std(axis=1, ddof=1) ** 2)) / np.sqrt(len(rows)))
+            per_check = groups.mean(axis=0)
             summary[f"{v}/{m}"] = {"pooled_mean": float(pooled.mean()), "pooled_sd": float(pooled.std(ddof=1)),
                                    "support": support(pooled), "first_mean": float(first.mean()),
-                                   "first_sd": float(first.std(ddof=1)), "noise_unit": sn,
-                                   "noise_mean": sn / np.sqrt(len(rows)), "units": len(rows)}
+                                   "first_sd": float(first.std(ddof=1)), "check_means": per_check.tolist(),
+                                   "noise_shared": float(per_check.std(ddof=1)), "noise_naive": naive,
+                                   "checks_positive": int((per_check > 0).sum()), "units": len(rows)}
             s = summary[f"{v}/{m}"]
             print(f"| {v} | {label} | {s['pooled_mean']:+.4f} ± {s['pooled_sd']:.4f} | {s['support']:.2f} "
-                  f"| {s['first_mean']:+.4f} ± {s['first_sd']:.4f} | {sn:.4f} | {s['noise_mean']:.4f} |")
+                  f"| {s['first_mean']:+.4f} ± {s['first_sd']:.4f} | {s['noise_shared']:.4f} | {naive:.4f} "
+                  f"| {s['checks_positive']} of {len(per_check)} |")
+    if a.plot:
+        plot(units, variants, a.group, a.plot)
     if a.json:
         a.json.write_text(json.dumps({"units": {k: u["variants"] for k, u in units.items()}, "summary": summary},
                                      indent=1))
