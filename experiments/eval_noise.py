@@ -61,23 +61,62 @@ def per_image(eval_dir: Path, oracle, holder: str, look: dict) -> dict[str, np.n
             "oracle_prompt": o["follow"], "oracle_identity": o["identity"]}
 
 
-def figure(d: dict[str, np.ndarray], metric: str, keep: np.ndarray) -> float:
-    """The evaluation's figure on the kept images: mean over prompts of the per-prompt mean (NaNs dropped)."""
+def prompt_means(d: dict[str, np.ndarray], metric: str, keep: np.ndarray) -> np.ndarray:
     v, p = d[metric][keep], d["prompt"][keep]
     ok = ~np.isnan(v)
-    return float(np.mean([v[ok & (p == q)].mean() for q in np.unique(p[ok])]))
+    return np.array([v[ok & (p == q)].mean() for q in np.unique(p[ok])])
+
+
+def figure(d: dict[str, np.ndarray], metric: str, keep: np.ndarray) -> float:
+    """The evaluation's figure on the kept images: mean over prompts of the per-prompt mean (NaNs dropped)."""
+    return float(prompt_means(d, metric, keep).mean())
 
 
 def unit_deltas(start: dict, final: dict, group: int) -> dict[str, dict]:
+    """Per metric: Δ = figure(final) − figure(start) on each check of `group` images per prompt ("groups") and on
+    all images ("pooled"); "start_sd" / "start_sd_pooled": the start's σ over prompts (claim 2's IS margin)."""
     n = int(start["sample"].max()) + 1
     groups = [np.arange(g * group, (g + 1) * group) for g in range(n // group)]
+    every = np.ones(len(start["sample"]), bool)
     out = {}
     for m in METRICS:
         per_group = [figure(final, m, np.isin(final["sample"], g)) - figure(start, m, np.isin(start["sample"], g))
                      for g in groups]
-        pooled = figure(final, m, np.ones(len(final["sample"]), bool)) - \
-            figure(start, m, np.ones(len(start["sample"]), bool))
-        out[m] = {"groups": per_group, "pooled": pooled}
+        pooled = figure(final, m, np.ones(len(final["sample"]), bool)) - figure(start, m, every)
+        out[m] = {"groups": per_group, "pooled": pooled,
+                  "start_sd": [float(prompt_means(start, m, np.isin(start["sample"], g)).std(ddof=1))
+                               for g in groups],
+                  "start_sd_pooled": float(prompt_means(start, m, every).std(ddof=1))}
+    return out
+
+
+JUDGE_METRICS = {"evaluator": {"is": "evaluator_is", "ts": "evaluator_ts"},
+                 "oracle": {"is": "oracle_identity", "ts": "oracle_prompt"}}
+VERDICT_CLAIMS = ("2_dpo_ts_raises_ts", "3_dpo_is_raises_is", "4_orderings")
+
+
+def verdicts(units: dict, check: int | None) -> dict[str, dict[str, bool]]:
+    """verify's claims 2–4 (`dbdpo.world.claims.aggregate`, the same code as verify's report) by each judge, on
+    one check's Δs (`check` = its index) or on the pooled Δs (`check` = None). Needs the ts/is/mix variants at
+    one S in every unit."""
+    from dbdpo.world.claims import aggregate
+
+    names = list(units)
+    s = max(int(v.rsplit("_s", 1)[1]) for u in units.values() for v in u["variants"])
+
+    def pick(r: dict, key: str) -> float:
+        return r[key] if check is None else r["groups"][check]
+
+    out: dict[str, dict[str, bool]] = {}
+    for judge, k in JUDGE_METRICS.items():
+        figs = {f"d_{v}_{m}": np.array([pick(units[n]["variants"][f"{v}_s{s}"][k[m]], "pooled") for n in names])
+                for v in ("ts", "is", "mix") for m in ("is", "ts")}
+        ts_is = [units[n]["variants"][f"ts_s{s}"][k["is"]] for n in names]
+        figs["sigma"] = np.array([r["start_sd_pooled"] if check is None else r["start_sd"][check] for r in ts_is])
+        zeros = np.zeros(len(names))  # claims 1 and 5 need the DreamBooth curve: not computed here
+        figs.update(rho_is=zeros, rho_ts=zeros, margin=zeros)
+        claims = aggregate(figs, [n.split("/")[0] for n in names])
+        out[judge] = {c: bool(claims[c]["holds"]) for c in VERDICT_CLAIMS}
     return out
 
 
@@ -174,11 +213,29 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {v} | {label} | {s['pooled_mean']:+.4f} ± {s['pooled_sd']:.4f} | {s['support']:.2f} "
                   f"| {s['first_mean']:+.4f} ± {s['first_sd']:.4f} | {s['noise_shared']:.4f} | {naive:.4f} "
                   f"| {s['checks_positive']} of {len(per_check)} |")
+    verdict = None
+    last_s = max(int(v.rsplit("_s", 1)[1]) for v in variants)
+    if all(f"{v}_s{last_s}" in u["variants"] for u in units.values() for v in ("ts", "is", "mix")):
+        n_checks = len(next(iter(units.values()))["variants"][variants[0]]["evaluator_ts"]["groups"])
+        per_check = [verdicts(units, g) for g in range(n_checks)]
+        pooled_v = verdicts(units, None)
+        verdict = {"pooled": pooled_v, "checks": per_check}
+        print(f"\n| claim | judge | verify's check (check 0) | pooled ({sorted(n_img)[0]} images per prompt) "
+              f"| checks in which it holds |")
+        print("|---|---|---|---|---|")
+        for c in VERDICT_CLAIMS:
+            for judge in JUDGE_METRICS:
+                held = [v[judge][c] for v in per_check]
+                print(f"| {c} | {judge} | {'holds' if held[0] else 'does not hold'} "
+                      f"| {'holds' if pooled_v[judge][c] else 'does not hold'} | {sum(held)} of {len(held)} |")
+        agree = [sum(v["evaluator"][c] == v["oracle"][c] for c in VERDICT_CLAIMS) for v in per_check]
+        print(f"\noracle agrees with the evaluator on claims 2–4, per check: {agree} (of 3); pooled: "
+              f"{sum(pooled_v['evaluator'][c] == pooled_v['oracle'][c] for c in VERDICT_CLAIMS)}")
     if a.plot:
         plot(units, variants, a.group, a.plot)
     if a.json:
-        a.json.write_text(json.dumps({"units": {k: u["variants"] for k, u in units.items()}, "summary": summary},
-                                     indent=1))
+        a.json.write_text(json.dumps({"units": {k: u["variants"] for k, u in units.items()}, "summary": summary,
+                                      "verdicts": verdict}, indent=1))
 
 
 if __name__ == "__main__":

@@ -86,5 +86,23 @@ def test_eval_noise_splits_a_larger_evaluation_into_verifys_checks():
     d = en.unit_deltas(start, final, group=4)
     assert d["oracle_prompt"]["groups"] == [1.0, 0.0] and d["oracle_prompt"]["pooled"] == 0.5
     assert d["oracle_identity"]["groups"] == [0.5, 0.5] and d["oracle_identity"]["pooled"] == 0.5
-    assert d["evaluator_ts"] == {"groups": [0.0, 0.0], "pooled": 0.0}
+    assert d["evaluator_ts"]["groups"] == [0.0, 0.0] and d["evaluator_ts"]["pooled"] == 0.0
     assert en.support(np.array([0.1, 0.2, 0.3])) == 1.0 and en.support(np.array([-0.1, -0.2])) == 0.0
+    assert d["evaluator_is"]["start_sd"] == [0.0, 0.0] and d["evaluator_is"]["start_sd_pooled"] == 0.0
+
+    # verify's claims 2–4 per check: DPO-TS raises the evaluator's TS in check 0 only, DPO-IS its IS in both;
+    # the orderings hold in check 0 only (TS > MIX > IS on ΔTS, IS > MIX > TS on ΔIS)
+    def r(groups, sd=0.0):
+        return {"groups": groups, "pooled": float(np.mean(groups)), "start_sd": [sd] * len(groups),
+                "start_sd_pooled": sd}
+
+    ev = {"ts_s2": {"evaluator_ts": r([0.02, -0.01]), "evaluator_is": r([-0.001, -0.001], sd=0.01)},
+          "mix_s2": {"evaluator_ts": r([0.01, 0.0]), "evaluator_is": r([0.005, 0.0])},
+          "is_s2": {"evaluator_ts": r([0.0, 0.0]), "evaluator_is": r([0.01, 0.01])}}
+    for v in ev.values():  # the oracle sees nothing
+        v.update(oracle_prompt=r([0.0, 0.0]), oracle_identity=r([0.0, 0.0]))
+    units = {"a/seed0": {"variants": ev}, "b/seed0": {"variants": ev}}
+    c0, c1, pooled = en.verdicts(units, 0), en.verdicts(units, 1), en.verdicts(units, None)
+    assert c0["evaluator"] == {"2_dpo_ts_raises_ts": True, "3_dpo_is_raises_is": True, "4_orderings": True}
+    assert c1["evaluator"] == {"2_dpo_ts_raises_ts": False, "3_dpo_is_raises_is": True, "4_orderings": False}
+    assert pooled["evaluator"]["2_dpo_ts_raises_ts"] and not any(c0["oracle"].values())
