@@ -6,7 +6,9 @@
 # Usage: experiments/scale_sweep_gpu.sh OUT_DIR [setting ...]
 # Env: CONCEPTS (default: 4 concepts), SEEDS (default "0 1"), PARALLEL (16), DEADLINE_S per setting (240),
 #      RESULTS_ROOT (/tmp/scale_sweep), EVAL_IMAGES (32: evaluation images per prompt; images 0-3 are verify's own
-#      4-image check, the rest measure that check's sampling noise, experiments/eval_noise.py).
+#      4-image check, the rest measure that check's sampling noise, experiments/eval_noise.py), EVAL_NOISE
+#      (per_unit: each unit's evaluation draws its own noises, so they average out over units; verify's default
+#      `shared` gives every unit the same ones).
 # Settings (N = prompts per DPO step at S = 2, so prompts.n = 2N; M = images per prompt):
 #   n16        verify's own (N 16, M 8, DDIM η 0, guidance 3)     n64        N 64
 #   n256       N 256                                              n64_m16    N 64, M 16
@@ -51,7 +53,8 @@ for s in "${SETTINGS[@]}"; do
       [ -e "$res/runs/$u" ] || cp -r "$d" "$res/runs/$u"
     done
   fi
-  RESULTS_DIR="$res" "$HERE/world_verify_gpu.sh" "$OUT/$s" "train_overrides=[$(overrides "$s")]"
+  RESULTS_DIR="$res" "$HERE/world_verify_gpu.sh" "$OUT/$s" "train_overrides=[$(overrides "$s")]" \
+    "eval_noise=${EVAL_NOISE:-per_unit}"
   $PY "$HERE/pair_labels_vs_oracle.py" "$res"/runs/*/seed* > "$OUT/$s/pairs.txt" 2>&1
   $PY "$HERE/eval_noise.py" "$res" --json "$OUT/$s/eval_noise.json" > "$OUT/$s/eval_noise.txt" 2>/dev/null
   [ -z "$first" ] && first=$s

@@ -170,3 +170,29 @@ def test_bootstrap_support_separates_robust_from_unsettled_verdicts():
     assert bootstrap_support(one, n=50)["3_dpo_is_raises_is"] == 0.0  # a single cluster: every resample is it
     full = all_claims(units, n_boot=200)
     assert full["3_dpo_is_raises_is"]["support"] == 1.0 and "support" in full["3_dpo_is_raises_is"]["oracle"]
+
+
+def test_eval_noise_per_unit_gives_every_unit_its_own_evaluation_seed_and_shared_gives_one():
+    from omegaconf import OmegaConf
+
+    from dbdpo.errors import ConfigError
+    from dbdpo.world.verify import compose_train, unit_overrides, verify
+
+    vcfg = OmegaConf.load(ROOT / "conf" / "verify.yaml")
+    assert vcfg.eval_noise == "shared"  # the committed results/miniworld was run so
+    vcfg.train_overrides = ["backbone=world", "logger=none"]
+    units = [("zigzag_star", 0), ("zigzag_star", 1), ("ringed_circle", 0)]
+
+    def eval_seeds(mode):
+        vcfg.eval_noise = mode
+        return [int(compose_train(unit_overrides(vcfg, c, s)).eval.seed) for c, s in units]
+
+    assert eval_seeds("shared") == [12345] * 3
+    per_unit = eval_seeds("per_unit")
+    assert len(set(per_unit)) == 3 and per_unit == eval_seeds("per_unit")  # distinct per unit, and fixed
+    # every run of a unit (DreamBooth start, each variant) composes from the same overrides: one seed per unit
+    assert int(compose_train([*unit_overrides(vcfg, "zigzag_star", 1), "filter=ts", "steps=1"]).eval.seed) == \
+        per_unit[1]
+    vcfg.eval_noise = "independent"
+    with pytest.raises(ConfigError, match="eval_noise='independent': use one of shared, per_unit"):
+        verify(vcfg)

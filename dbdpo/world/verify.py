@@ -107,8 +107,29 @@ def run_variant(cfg: DictConfig, start: Path, variant_dir: Path) -> dict:
     return run(cfg)
 
 
-def run_unit(vcfg: DictConfig, concept: str, seed: int, search_path: list[str] | None) -> dict:
+EVAL_NOISE = ("shared", "per_unit")
+
+
+def unit_eval_seed(concept: str, seed: int) -> int:
+    """`eval_noise=per_unit`: the unit's evaluation seed, crc32(concept, seed), distinct per unit and fixed."""
+    import zlib
+
+    return zlib.crc32(f"{concept}\x1f{seed}".encode())
+
+
+def unit_overrides(vcfg: DictConfig, concept: str, seed: int) -> list[str]:
+    """The train overrides every run of a unit shares. The evaluation noise is seeded by (prompt, sample index,
+    `eval.seed`) and world concepts share their evaluation prompts: with `eval_noise=shared` every unit's checks
+    draw the same noises, with `per_unit` each unit its own (start and final of a unit always share theirs, so a
+    Δ compares the same noises)."""
     base = [f"concept=world/{concept}", f"seed={seed}", *list(vcfg.train_overrides)]
+    if str(vcfg.get("eval_noise", "shared")) == "per_unit":
+        base.append(f"eval.seed={unit_eval_seed(concept, seed)}")
+    return base
+
+
+def run_unit(vcfg: DictConfig, concept: str, seed: int, search_path: list[str] | None) -> dict:
+    base = unit_overrides(vcfg, concept, seed)
     unit_dir = Path(vcfg.results_dir) / "runs" / concept / f"seed{seed}"
     db_cfg = compose_train([*base, f"paths.output_dir={unit_dir / 'db'}"], search_path)
     curve = dreambooth_curve(db_cfg, list(vcfg.db_checkpoints), unit_dir)
@@ -163,6 +184,9 @@ def write_report(results: dict, out_dir: Path) -> None:
     lines += ["", "*support*: the fraction of 2,000 cluster-bootstrap resamples (concepts drawn with replacement, each "
               "with all its seeds) in which the claim holds; near 1 the verdict \"holds\" is robust to which concepts "
               "were run, near 0 \"does not hold\" is, in between the data cannot settle it."]
+    if str(results["settings"].get("eval_noise", "shared")) == "shared":
+        lines[-1] += (" Every run's evaluation draws the same noises (`eval_noise=shared`), so the support does not "
+                      "count the evaluation's own sampling noise: `experiments/eval_noise.py` measures it.")
     lines += ["", "## Per run (Δ = final − start checkpoint)", "",
               "| concept | seed | variant | ΔIS (evaluator) | ΔTS (evaluator) | Δidentity (oracle) | Δprompt (oracle) |",
               "|---|---|---|---|---|---|---|"]
@@ -228,6 +252,8 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
         raise ConfigError("verify needs at least one concept and one seed.")
     if not list(vcfg.db_checkpoints) or any(int(s) < 0 for s in vcfg.db_checkpoints):
         raise ConfigError("db_checkpoints must list DreamBooth steps ≥ 0.")
+    if str(vcfg.get("eval_noise", "shared")) not in EVAL_NOISE:
+        raise ConfigError(f"eval_noise={vcfg.eval_noise!r}: use one of {', '.join(EVAL_NOISE)}.")
     out_dir = Path(vcfg.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
