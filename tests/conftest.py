@@ -51,3 +51,24 @@ def concept_dir(tmp_path):
         im = shape_image(size, ellipse=ellipse)
         im.save(d / name, **({"quality": 95} if name.endswith(("jpg", "jpeg")) else {}))
     return d
+
+
+# Two xdist workers take whole modules (`--dist loadscope`); xdist's default hands out the modules with the most
+# tests first, which leaves the few-but-long multi-process modules for the end and one worker idle meanwhile. With
+# `--no-loadscope-reorder` (pyproject's addopts) modules go out in collection order: longest first (seconds on two
+# workers, measured with `--durations=0`; re-measure when a module changes much), the rest in file order.
+MODULE_SECONDS = {  # 2026-12-03, 2 cores, `-n 2 --dist loadscope`
+    "tests/test_long_runs.py": 245, "tests/test_fsdp.py": 153, "tests/test_export.py": 115,
+    "tests/test_world_verify.py": 100, "tests/test_train.py": 88, "tests/test_adapters.py": 67,
+    "tests/test_sdxl.py": 61, "tests/test_experiments.py": 53, "tests/test_world_pretrain.py": 41,
+    "tests/test_schema.py": 36, "tests/test_study.py": 33, "tests/test_speed.py": 30,
+    "tests/test_concept_kinds.py": 29, "tests/test_wandb.py": 26, "tests/test_world_t2i_parts.py": 16,
+    "tests/test_frontier.py": 14,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    def weight(item) -> float:
+        return -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0.0)
+
+    items.sort(key=weight)  # stable: file order within and among the unlisted modules

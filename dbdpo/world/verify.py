@@ -161,13 +161,14 @@ def _unit_job(vcfg, concept: str, seed: int, search_path: list[str] | None) -> d
 
 def write_report(results: dict, out_dir: Path) -> None:
     claims = results["claims"]
+    s1 = " (and S = 1 at equal compute)" if results["settings"].get("equal_compute_s1", True) else ""
     lines = ["# Miniature-world verification of the DreamBoothDPO claims", "",
              *([] if results.get("complete", True) else
                [f"**Partial: {len(results['units'])} of {len(results['concepts']) * len(results['seeds'])} runs "
                 "finished; rerun the same command to continue.**", ""]),
              f"{len(results['units'])} runs: concepts {', '.join(results['concepts'])} × seeds "
              f"{results['seeds']}; DreamBooth checkpoints {results['settings']['db_checkpoints']}; DPO S = "
-             f"{results['settings']['steps']} (and S = 1 at equal compute). Judged by the evaluator CLIP (IS / TS) "
+             f"{results['settings']['steps']}{s1}. Judged by the evaluator CLIP (IS / TS) "
              "and the oracle (identity / prompt-following). Figures: mean ± σ over concepts × seeds.", "",
              "| claim | figure (evaluator) | holds | support | figure (oracle) | oracle: holds | support | oracle agrees |",
              "|---|---|---|---|---|---|---|---|"]
