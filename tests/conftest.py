@@ -54,8 +54,8 @@ def concept_dir(tmp_path):
 
 
 # Two xdist workers take whole modules (`--dist loadscope`); xdist's default hands out the modules with the most
-# tests first, which leaves the few-but-long multi-process modules for the end and one worker idle meanwhile. With
-# `--no-loadscope-reorder` (pyproject's addopts) modules go out in collection order: longest first (seconds on two
+# tests first, which leaves the few-but-long multi-process modules for the end and one worker idle meanwhile. Here
+# (xdist's `--no-loadscope-reorder`, set below) modules go out in collection order: longest first (seconds on two
 # workers, measured with `--durations=0`; re-measure when a module changes much), the rest in file order.
 MODULE_SECONDS = {  # 2026-12-03, 2 cores, `-n 2 --dist loadscope`
     "tests/test_long_runs.py": 245, "tests/test_fsdp.py": 153, "tests/test_export.py": 115,
@@ -65,6 +65,11 @@ MODULE_SECONDS = {  # 2026-12-03, 2 cores, `-n 2 --dist loadscope`
     "tests/test_concept_kinds.py": 29, "tests/test_wandb.py": 26, "tests/test_world_t2i_parts.py": 16,
     "tests/test_frontier.py": 14,
 }
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist ≥ 3.7 (absent with -p no:xdist)
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):

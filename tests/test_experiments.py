@@ -106,3 +106,30 @@ def test_eval_noise_splits_a_larger_evaluation_into_verifys_checks():
     assert c0["evaluator"] == {"2_dpo_ts_raises_ts": True, "3_dpo_is_raises_is": True, "4_orderings": True}
     assert c1["evaluator"] == {"2_dpo_ts_raises_ts": False, "3_dpo_is_raises_is": True, "4_orderings": False}
     assert pooled["evaluator"]["2_dpo_ts_raises_ts"] and not any(c0["oracle"].values())
+
+
+def test_scale_table_prints_the_deltas_and_transfer_and_plots_them(tmp_path, capsys):
+    # experiments/scale_table.py on a hand-made verify.json: 2 units, Δs by hand; S = 1 runs are left out
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("scale_table", ROOT / "experiments" / "scale_table.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    keys = [k for _, k in st.COLUMNS]
+
+    def run(d):  # start all 0, final = d for every measure (scorer TS 2d: transfer 0.5)
+        final = {k: {"mean": d} for k in keys}
+        final["eval/clip_t"] = {"mean": 2 * d}
+        final.update({"pairs/kept": 1, "pairs/candidates": 4})
+        return {"start": {k: {"mean": 0.0} for k in keys}, "final": final}
+
+    units = [{"variants": {f"{v}_s2": run(d), f"{v}_s1": run(9.0)}} for d in (0.01, 0.03) for v in st.VARIANTS]
+    path = tmp_path / "verify.json"
+    path.write_text(json.dumps({"units": units}))
+    st.main([f"a={path}", "--plot", str(tmp_path / "p.png")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| DPO-TS")]
+    assert rows == ["| DPO-TS | a | 2 | +0.0400 ± 0.0283 | +0.0200 ± 0.0141 | +0.0200 ± 0.0141 | +0.0200 ± 0.0141 "
+                    "| +0.0200 ± 0.0141 | +0.50 | 0.25 |"]
+    assert list(st.deltas(str(path), "is", "eval/evaluator_is")) == [0.01, 0.03]
+    assert (tmp_path / "p.png").stat().st_size > 5000
