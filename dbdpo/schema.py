@@ -246,6 +246,28 @@ class TrainSchema:
 
 OPEN_GROUPS = ("concept", "trainer", "logger", "experiment", "hydra")
 
+EVAL_NOISE = ("shared", "per_unit")
+
+
+@dataclass
+class VerifySchema:
+    """`python -m dbdpo.world verify`'s own settings (conf/verify.yaml); each run's train config is checked by
+    `TrainSchema` when it is composed."""
+    root_dir: str = MISSING
+    results_dir: str = MISSING
+    concepts: Optional[list[str]] = None
+    seeds: list[int] = setting(factory=lambda: [0, 1, 2])
+    db_checkpoints: list[int] = setting(factory=lambda: [0, 50, 100, 200, 400])
+    variants: list[str] = setting(factory=lambda: ["ts", "is", "mix"])
+    steps: int = setting(2, at_least(1))
+    equal_compute_s1: bool = True
+    eval_noise: str = setting("shared", one_of(*EVAL_NOISE))
+    train_overrides: list[str] = setting(factory=list)
+    notes: Optional[str] = None
+    workers: Optional[int] = setting(2, _opt(at_least(1)))
+    threads: Optional[int] = setting(None, _opt(at_least(1)))
+    progress: bool = True
+
 
 def register_schemas() -> None:
     """Register every group's schema in Hydra's ConfigStore (`<group>/schema`) and the tree as `train_schema`."""
@@ -262,7 +284,7 @@ def register_schemas() -> None:
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list[str]": "a list of strings"}
+               "list[str]": "a list of strings", "list[int]": "a list of integers"}
 
 
 def _type_name(tp) -> str:
@@ -569,10 +591,21 @@ def check_config(cfg: DictConfig) -> None:
     _check_backbone_folder(cfg, problems)
     _check_precision(cfg, problems)
     _check_across(cfg, problems)
+    _raise_if_any(problems)
+
+
+def _raise_if_any(problems: list[str]) -> None:
     if problems:
         problems = list(dict.fromkeys(problems))
         head = "invalid setting:" if len(problems) == 1 else f"{len(problems)} invalid settings:"
         raise ConfigError(head + "".join(f"\n  {p}" for p in problems))
+
+
+def check_verify_config(vcfg: DictConfig) -> None:
+    """Validate `verify`'s config against `VerifySchema`; one `ConfigError` listing every problem."""
+    problems: list[str] = []
+    _check_node(vcfg, VerifySchema, "", problems, open_keys=("hydra",))
+    _raise_if_any(problems)
 
 
 # ---- config-group choices on the command line ---------------------------------------------------------------

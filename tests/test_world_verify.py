@@ -193,6 +193,9 @@ def test_eval_noise_per_unit_gives_every_unit_its_own_evaluation_seed_and_shared
     # every run of a unit (DreamBooth start, each variant) composes from the same overrides: one seed per unit
     assert int(compose_train([*unit_overrides(vcfg, "zigzag_star", 1), "filter=ts", "steps=1"]).eval.seed) == \
         per_unit[1]
-    vcfg.eval_noise = "independent"
-    with pytest.raises(ConfigError, match="eval_noise='independent': use one of shared, per_unit"):
+    # verify's settings are checked by its schema before any work, every problem named together
+    vcfg.eval_noise, vcfg.workers = "independent", 0
+    with pytest.raises(ConfigError, match="2 invalid settings") as e:
         verify(vcfg)
+    assert "eval_noise='independent': must be one of shared, per_unit" in str(e.value)
+    assert "workers=0: must be an integer ≥ 1" in str(e.value)

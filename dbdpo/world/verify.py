@@ -107,9 +107,6 @@ def run_variant(cfg: DictConfig, start: Path, variant_dir: Path) -> dict:
     return run(cfg)
 
 
-EVAL_NOISE = ("shared", "per_unit")
-
-
 def unit_eval_seed(concept: str, seed: int) -> int:
     """`eval_noise=per_unit`: the unit's evaluation seed, crc32(concept, seed), distinct per unit and fixed."""
     import zlib
@@ -242,9 +239,11 @@ def plot_pareto(results: dict, path: Path) -> None:
 
 
 def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
+    from ..schema import check_verify_config
     from .claims import all_claims
     from .concepts import shipped_concepts
 
+    check_verify_config(vcfg)
     if vcfg.get("threads"):
         torch.set_num_threads(int(vcfg.threads))
     concepts = list(vcfg.concepts) if vcfg.get("concepts") else shipped_concepts()
@@ -253,8 +252,6 @@ def verify(vcfg: DictConfig, search_path: list[str] | None = None) -> dict:
         raise ConfigError("verify needs at least one concept and one seed.")
     if not list(vcfg.db_checkpoints) or any(int(s) < 0 for s in vcfg.db_checkpoints):
         raise ConfigError("db_checkpoints must list DreamBooth steps ≥ 0.")
-    if str(vcfg.get("eval_noise", "shared")) not in EVAL_NOISE:
-        raise ConfigError(f"eval_noise={vcfg.eval_noise!r}: use one of {', '.join(EVAL_NOISE)}.")
     out_dir = Path(vcfg.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
