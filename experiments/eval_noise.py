@@ -77,16 +77,17 @@ def unit_deltas(start: dict, final: dict, group: int) -> dict[str, dict]:
     all images ("pooled"); "start_sd" / "start_sd_pooled": the start's σ over prompts (claim 2's IS margin)."""
     n = int(start["sample"].max()) + 1
     groups = [np.arange(g * group, (g + 1) * group) for g in range(n // group)]
-    every = np.ones(len(start["sample"]), bool)
+    # the kept images of each check, then of all: (start, final) masks
+    masks = [(np.isin(start["sample"], g), np.isin(final["sample"], g)) for g in groups]
+    masks.append((np.ones(len(start["sample"]), bool), np.ones(len(final["sample"]), bool)))
     out = {}
     for m in METRICS:
-        per_group = [figure(final, m, np.isin(final["sample"], g)) - figure(start, m, np.isin(start["sample"], g))
-                     for g in groups]
-        pooled = figure(final, m, np.ones(len(final["sample"]), bool)) - figure(start, m, every)
-        out[m] = {"groups": per_group, "pooled": pooled,
-                  "start_sd": [float(prompt_means(start, m, np.isin(start["sample"], g)).std(ddof=1))
-                               for g in groups],
-                  "start_sd_pooled": float(prompt_means(start, m, every).std(ddof=1))}
+        d, sd = [], []
+        for keep_start, keep_final in masks:
+            s = prompt_means(start, m, keep_start)
+            d.append(figure(final, m, keep_final) - float(s.mean()))
+            sd.append(float(s.std(ddof=1)))
+        out[m] = {"groups": d[:-1], "pooled": d[-1], "start_sd": sd[:-1], "start_sd_pooled": sd[-1]}
     return out
 
 

@@ -22,15 +22,18 @@ COLUMNS = [("ΔTS scorer", "eval/clip_t"), ("ΔTS evaluator", "eval/evaluator_ts
 VARIANTS = {"ts": "DPO-TS", "is": "DPO-IS", "mix": "DPO-MIX"}
 
 
-def deltas(path: str, variant: str, key: str) -> np.ndarray:
-    """Per unit: Δ = final − start of `key` for the variant's S-step run (S = 1 runs left out)."""
-    units = json.load(open(path))["units"]
-    runs = [u["variants"][k] for u in units for k in u["variants"] if k.startswith(f"{variant}_s") and
+def runs_of(units: list[dict], variant: str) -> list[dict]:
+    """The variant's S-step runs of every unit (S = 1 runs left out)."""
+    return [u["variants"][k] for u in units for k in u["variants"] if k.startswith(f"{variant}_s") and
             not k.endswith("_s1")]
+
+
+def deltas(runs: list[dict], key: str) -> np.ndarray:
+    """Per run: Δ = final − start of `key`."""
     return np.array([r["final"][key]["mean"] - r["start"][key]["mean"] for r in runs])
 
 
-def plot(settings: list[list[str]], out: str) -> None:
+def plot(settings: list[tuple[str, list[dict]]], out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,8 +44,8 @@ def plot(settings: list[list[str]], out: str) -> None:
     width = 0.8 / len(settings)
     for ax, (label, key) in zip(axes[0], COLUMNS):
         for i, (v, name) in enumerate(VARIANTS.items()):
-            for j, (setting, path) in enumerate(settings):
-                d = deltas(path, v, key)
+            for j, (setting, units) in enumerate(settings):
+                d = deltas(runs_of(units, v), key)
                 x = i - 0.4 + width * (j + 0.5)
                 ax.scatter(np.full(len(d), x), d, s=10, color=colours[j % len(colours)], alpha=0.6,
                            label=setting if i == 0 else None)
@@ -62,17 +65,15 @@ def main(args: list[str]) -> None:
     if "--plot" in args:
         i = args.index("--plot")
         out, args = args[i + 1], args[:i] + args[i + 2:]
-    settings = [a.rsplit("=", 1) for a in args]
+    settings = [(label, json.load(open(path))["units"]) for label, path in (a.rsplit("=", 1) for a in args)]
     print("| variant | setting | units | " + " | ".join(c for c, _ in COLUMNS) + " | TS transfer | kept / candidates |")
     print("|---|---|---|" + "---|" * (len(COLUMNS) + 2))
     for v, name in VARIANTS.items():
-        for label, path in settings:
-            units = json.load(open(path))["units"]
-            runs = [u["variants"][k] for u in units for k in u["variants"] if k.startswith(f"{v}_s") and
-                    not k.endswith("_s1")]
+        for label, units in settings:
+            runs = runs_of(units, v)
             cells, means = [], {}
             for _, key in COLUMNS:
-                d = np.array([r["final"][key]["mean"] - r["start"][key]["mean"] for r in runs])
+                d = deltas(runs, key)
                 means[key] = d.mean()
                 cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f}")
             # how much of the labelling CLIP's TS gain an independent CLIP sees

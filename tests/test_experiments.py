@@ -131,5 +131,5 @@ def test_scale_table_prints_the_deltas_and_transfer_and_plots_them(tmp_path, cap
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| DPO-TS")]
     assert rows == ["| DPO-TS | a | 2 | +0.0400 ± 0.0283 | +0.0200 ± 0.0141 | +0.0200 ± 0.0141 | +0.0200 ± 0.0141 "
                     "| +0.0200 ± 0.0141 | +0.50 | 0.25 |"]
-    assert list(st.deltas(str(path), "is", "eval/evaluator_is")) == [0.01, 0.03]
+    assert list(st.deltas(st.runs_of(units, "is"), "eval/evaluator_is")) == [0.01, 0.03]
     assert (tmp_path / "p.png").stat().st_size > 5000
