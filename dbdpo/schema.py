@@ -59,6 +59,15 @@ def one_of(*values) -> Callable[[Any], str | None]:
     return check
 
 
+def subset_of(*values) -> Callable[[Any], str | None]:
+    """A non-empty list of distinct members of `values`."""
+    def check(x) -> str | None:
+        items = list(x)
+        ok = items and all(v in values for v in items) and len(set(items)) == len(items)
+        return None if ok else "a non-empty list of distinct values from " + ", ".join(map(str, values))
+    return check
+
+
 def existing_file(x) -> str | None:
     return None if os.path.isfile(str(x)) else "an existing file"
 
@@ -258,7 +267,7 @@ class VerifySchema:
     concepts: Optional[list[str]] = None
     seeds: list[int] = setting(factory=lambda: [0, 1, 2])
     db_checkpoints: list[int] = setting(factory=lambda: [0, 50, 100, 200, 400])
-    variants: list[str] = setting(factory=lambda: ["ts", "is", "mix"])
+    variants: list[str] = setting(check=subset_of("ts", "is", "mix"), factory=lambda: ["ts", "is", "mix"])
     steps: int = setting(2, at_least(1))
     equal_compute_s1: bool = True
     eval_noise: str = setting("shared", one_of(*EVAL_NOISE))

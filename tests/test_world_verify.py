@@ -85,6 +85,25 @@ def test_claims_that_fail_and_an_oracle_that_disagrees():
     assert not c["7_oracle_agrees"]["holds"]
 
 
+def test_a_subset_of_variants_or_another_s_gets_the_claims_it_can_decide():
+    # `verify variants=[ts,is]`: no DPO-MIX, so no orderings (claim 4); the rest as with all three
+    units = [good_unit("a"), good_unit("b", 0.02)]
+    for u in units:
+        for k in ("mix_s2", "mix_s1"):
+            del u["variants"][k]
+    c = all_claims(units, n_boot=50)
+    assert set(c) == {"1_dreambooth_trades_ts_for_is", "2_dpo_ts_raises_ts", "3_dpo_is_raises_is",
+                      "5_beyond_frontier", "6_s2_beats_s1", "7_oracle_agrees"}
+    assert c["2_dpo_ts_raises_ts"]["mean"] == pytest.approx(np.mean([0.2, 0.22])) and c["3_dpo_is_raises_is"]["holds"]
+    assert set(c["6_s2_beats_s1"]["per_variant"]) == {"ts", "is"} and c["7_oracle_agrees"]["figure"] == "5/5 claims"
+    # DPO-TS alone, at S = 3 (runs named <v>_s3) without S = 1: claims 1, 2, 5
+    u = good_unit("a")
+    u["variants"] = {"ts_s3": u["variants"]["ts_s2"]}
+    c = claims_for([u])
+    assert set(c) == {"1_dreambooth_trades_ts_for_is", "2_dpo_ts_raises_ts", "5_beyond_frontier"}
+    assert c["2_dpo_ts_raises_ts"]["mean"] == pytest.approx(0.2) and c["5_beyond_frontier"]["holds"]
+
+
 def test_beyond_frontier_needs_most_concepts():
     below = good_unit("c")
     for k in ("ts_s2", "mix_s2", "is_s2"):
@@ -194,8 +213,13 @@ def test_eval_noise_per_unit_gives_every_unit_its_own_evaluation_seed_and_shared
     assert int(compose_train([*unit_overrides(vcfg, "zigzag_star", 1), "filter=ts", "steps=1"]).eval.seed) == \
         per_unit[1]
     # verify's settings are checked by its schema before any work, every problem named together
-    vcfg.eval_noise, vcfg.workers = "independent", 0
-    with pytest.raises(ConfigError, match="2 invalid settings") as e:
+    vcfg.eval_noise, vcfg.workers, vcfg.variants = "independent", 0, ["ts", "weighted"]
+    with pytest.raises(ConfigError, match="3 invalid settings") as e:
         verify(vcfg)
     assert "eval_noise='independent': must be one of shared, per_unit" in str(e.value)
     assert "workers=0: must be an integer ≥ 1" in str(e.value)
+    assert "variants=['ts', 'weighted']: must be a non-empty list of distinct values from ts, is, mix" in str(e.value)
+    for bad in ([], ["ts", "ts"]):
+        vcfg.eval_noise, vcfg.workers, vcfg.variants = "shared", 1, bad
+        with pytest.raises(ConfigError, match="variants="):
+            verify(vcfg)

@@ -3,7 +3,9 @@
 A *unit* is one concept × seed: the DreamBooth curve `db` = [(step, metrics)], and `variants` =
 {"ts_s2": {"start": metrics, "final": metrics}, "ts_s1": ..., ...}, where metrics holds the judges'
 {"eval/evaluator_is": {"mean", "std"}, ...}. A judge maps IS / TS to metric names: the evaluator CLIP
-(IS, TS) or the oracle (identity, prompt-following).
+(IS, TS) or the oracle (identity, prompt-following). The main runs are those of the largest S (`<v>_s<S>`); a
+run of a subset of the variants (`verify variants=[ts,is]`) gets the claims its variants can decide, the others
+are left out (claim 4 needs all three, claim 2 DPO-TS, claim 3 DPO-IS, claim 6 the S = 1 runs).
 """
 
 from __future__ import annotations
@@ -72,55 +74,70 @@ def _delta(unit: dict, variant: str, key: str) -> float:
     return value(v["final"], key) - value(v["start"], key)
 
 
+def main_variants(unit: dict) -> tuple[int, list[str]]:
+    """(S of the main runs = the largest S run, the variants of VARIANTS run at that S, in VARIANTS' order)."""
+    S = max(int(name.rsplit("_s", 1)[1]) for name in unit["variants"])
+    return S, [v for v in VARIANTS if f"{v}_s{S}" in unit["variants"]]
+
+
 def unit_figures(unit: dict, judge: str = "evaluator") -> dict[str, float]:
-    """The per-unit numbers every claim is built from (rank correlations, Δs, frontier margin, S=2 − S=1)."""
+    """The per-unit numbers every claim is built from (rank correlations, Δs, frontier margin, S − S=1); the Δs
+    only of the variants run."""
     k = JUDGES[judge]
+    S, variants = main_variants(unit)
     steps = [s for s, _ in unit["db"]]
     f = {"rho_is": spearman(steps, [value(m, k["is"]) for _, m in unit["db"]]),
          "rho_ts": spearman(steps, [value(m, k["ts"]) for _, m in unit["db"]]),
-         "sigma": spread(unit["variants"]["ts_s2"]["start"], k["is"])}
-    for v in VARIANTS:
+         # every variant starts from the same checkpoint: its spread over prompts is claim 2's IS margin
+         "sigma": spread(unit["variants"][f"{variants[0]}_s{S}"]["start"], k["is"])}
+    for v in variants:
         for m in ("is", "ts"):
-            f[f"d_{v}_{m}"] = _delta(unit, f"{v}_s2", k[m])
+            f[f"d_{v}_{m}"] = _delta(unit, f"{v}_s{S}", k[m])
     front = pareto_frontier([(value(m, k["is"]), value(m, k["ts"])) for _, m in unit["db"]])
-    f["margin"] = max(margin_above_frontier(front, (value(unit["variants"][f"{v}_s2"]["final"], k["is"]),
-                                                    value(unit["variants"][f"{v}_s2"]["final"], k["ts"])))
-                      for v in VARIANTS)
+    f["margin"] = max(margin_above_frontier(front, (value(unit["variants"][f"{v}_s{S}"]["final"], k["is"]),
+                                                    value(unit["variants"][f"{v}_s{S}"]["final"], k["ts"])))
+                      for v in variants)
 
     def objective(metrics, v):
         return (value(metrics, k["ts"]) if v == "ts" else value(metrics, k["is"]) if v == "is"
                 else value(metrics, k["ts"]) + value(metrics, k["is"]))
 
-    if all(f"{v}_s1" in unit["variants"] for v in VARIANTS):
-        for v in VARIANTS:
-            f[f"s2_s1_{v}"] = (objective(unit["variants"][f"{v}_s2"]["final"], v)
+    if S > 1 and all(f"{v}_s1" in unit["variants"] for v in variants):
+        for v in variants:
+            f[f"s2_s1_{v}"] = (objective(unit["variants"][f"{v}_s{S}"]["final"], v)
                                - objective(unit["variants"][f"{v}_s1"]["final"], v))
     return f
 
 
 def aggregate(figs: dict[str, np.ndarray], concepts: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Claims 1–6 from per-unit figures (arrays aligned with `concepts`, one entry per unit)."""
+    """Claims 1–6 from per-unit figures (arrays aligned with `concepts`, one entry per unit); a claim whose
+    variants were not run is left out."""
     out: dict[str, dict[str, Any]] = {}
     rho_is, rho_ts = figs["rho_is"], figs["rho_ts"]
     out["1_dreambooth_trades_ts_for_is"] = {
         **_ms(rho_is - rho_ts), "holds": bool(rho_is.mean() > 0 and rho_ts.mean() < 0), "rho_is": _ms(rho_is),
         "rho_ts": _ms(rho_ts)}
 
-    d = {(v, m): figs[f"d_{v}_{m}"] for v in VARIANTS for m in ("is", "ts")}
-    f = _ms(d["ts", "ts"])
-    out["2_dpo_ts_raises_ts"] = {**f, "holds": bool(f["mean"] > 0 and d["ts", "is"].mean() >= -figs["sigma"].mean()),
-                                 "delta_is": _ms(d["ts", "is"]), "start_is_sigma": _ms(figs["sigma"])}
-    f = _ms(d["is", "is"])
-    out["3_dpo_is_raises_is"] = {**f, "holds": bool(f["mean"] > 0), "delta_ts": _ms(d["is", "ts"])}
+    ran = [v for v in VARIANTS if f"d_{v}_is" in figs]
+    d = {(v, m): figs[f"d_{v}_{m}"] for v in ran for m in ("is", "ts")}
+    if "ts" in ran:
+        f = _ms(d["ts", "ts"])
+        out["2_dpo_ts_raises_ts"] = {
+            **f, "holds": bool(f["mean"] > 0 and d["ts", "is"].mean() >= -figs["sigma"].mean()),
+            "delta_is": _ms(d["ts", "is"]), "start_is_sigma": _ms(figs["sigma"])}
+    if "is" in ran:
+        f = _ms(d["is", "is"])
+        out["3_dpo_is_raises_is"] = {**f, "holds": bool(f["mean"] > 0), "delta_ts": _ms(d["is", "ts"])}
 
-    mean = {key: float(v.mean()) for key, v in d.items()}
-    per_unit = ((d["ts", "ts"] > d["mix", "ts"]) & (d["mix", "ts"] > d["is", "ts"])
-                & (d["is", "is"] > d["mix", "is"]) & (d["mix", "is"] > d["ts", "is"])).astype(np.float64)
-    out["4_orderings"] = {
-        **_ms(per_unit),
-        "holds": bool(mean["ts", "ts"] > mean["mix", "ts"] > mean["is", "ts"]
-                      and mean["is", "is"] > mean["mix", "is"] > mean["ts", "is"]),
-        "delta_ts": {v: mean[v, "ts"] for v in VARIANTS}, "delta_is": {v: mean[v, "is"] for v in VARIANTS}}
+    if len(ran) == len(VARIANTS):
+        mean = {key: float(v.mean()) for key, v in d.items()}
+        per_unit = ((d["ts", "ts"] > d["mix", "ts"]) & (d["mix", "ts"] > d["is", "ts"])
+                    & (d["is", "is"] > d["mix", "is"]) & (d["mix", "is"] > d["ts", "is"])).astype(np.float64)
+        out["4_orderings"] = {
+            **_ms(per_unit),
+            "holds": bool(mean["ts", "ts"] > mean["mix", "ts"] > mean["is", "ts"]
+                          and mean["is", "is"] > mean["mix", "is"] > mean["ts", "is"]),
+            "delta_ts": {v: mean[v, "ts"] for v in VARIANTS}, "delta_is": {v: mean[v, "is"] for v in VARIANTS}}
 
     beyond_by_concept: dict[str, list[bool]] = {}
     for c, mg in zip(concepts, figs["margin"]):
@@ -129,11 +146,11 @@ def aggregate(figs: dict[str, np.ndarray], concepts: Sequence[str]) -> dict[str,
     out["5_beyond_frontier"] = {**_ms(figs["margin"]), "holds": bool(np.mean(list(concept_beyond.values())) > 0.5),
                                 "concepts_beyond": concept_beyond}
 
-    if all(f"s2_s1_{v}" in figs for v in VARIANTS):
-        diffs = {v: figs[f"s2_s1_{v}"] for v in VARIANTS}
-        out["6_s2_beats_s1"] = {**_ms(np.concatenate([diffs[v] for v in VARIANTS])),
-                                "holds": bool(all(diffs[v].mean() > 0 for v in VARIANTS)),
-                                "per_variant": {v: _ms(diffs[v]) for v in VARIANTS}}
+    if ran and all(f"s2_s1_{v}" in figs for v in ran):
+        diffs = {v: figs[f"s2_s1_{v}"] for v in ran}
+        out["6_s2_beats_s1"] = {**_ms(np.concatenate([diffs[v] for v in ran])),
+                                "holds": bool(all(diffs[v].mean() > 0 for v in ran)),
+                                "per_variant": {v: _ms(diffs[v]) for v in ran}}
     return out
 
 
