@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Before anything imports huggingface_hub / wandb (they read these at import time).
 os.environ["WANDB_MODE"] = "offline"
@@ -15,8 +16,22 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY = {"name": "tiny", "resolution": 32, "sampler": "DDIMScheduler", "num_inference_steps": 3,
         "guidance_scale": 3.0}
+
+
+def compose_config(overrides=(), out: Path | None = None, *, hydra_config: bool = False, config_name: str = "train",
+                   config_dir: Path | None = None):
+    """`config_name` (conf/train.yaml by default) composed with `overrides` as its command line would compose it,
+    then `paths.output_dir=out` when given; `hydra_config` keeps the `hydra` node (launcher, sweeper)."""
+    from hydra import compose, initialize_config_dir
+
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    over = [*overrides, *([f"paths.output_dir={out}"] if out is not None else [])]
+    with initialize_config_dir(config_dir=str(config_dir or ROOT / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=over, return_hydra_config=hydra_config)
 
 
 @pytest.fixture(scope="session")

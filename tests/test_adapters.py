@@ -15,6 +15,8 @@ from torch.nn.utils import parametrize
 
 from dbdpo.adapters import LoRA, SVDiff, SpectralShift, load_adapter_file, make_adapter, save_adapter
 
+from conftest import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,14 +135,9 @@ def test_train_with_an_adapter_saves_only_it_and_resumes_identically(method, tmp
     args = [sys.executable, str(ROOT / "train.py"), *TINY, f"method={method}", f"hydra.run.dir={tmp_path}",
             "generate.guidance_scale=4.5"]
     # the first run in-process (the composed config of the same command line), the rerun as a fresh process
-    from hydra import compose, initialize_config_dir
-
     from dbdpo.cli import run_main
 
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        run_main(compose("train", overrides=[*TINY, f"method={method}", "generate.guidance_scale=4.5",
-                                             f"paths.output_dir={tmp_path}"]))
+    run_main(compose_config([*TINY, f"method={method}", "generate.guidance_scale=4.5"], tmp_path))
     # the DPO samples use generate.guidance_scale, the evaluation the backbone's
     assert json.loads((tmp_path / "step_1" / "samples" / "generation.json").read_text())["guidance_scale"] == 4.5
     assert json.loads((tmp_path / "step_1" / "eval" / "samples" / "generation.json").read_text())[

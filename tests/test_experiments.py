@@ -4,10 +4,11 @@ first point runs end to end at tiny size, so none can rot."""
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import pytest
+
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -17,12 +18,7 @@ TINY = ["backbone=tiny", "concept=default", "logger=none", "progress=false", "pr
 
 
 def compose(overrides, hydra_config: bool = False):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("train", overrides=overrides, return_hydra_config=hydra_config)
+    return compose_config(overrides, hydra_config=hydra_config)
 
 
 def sweep_points(experiment: str) -> list[list[str]]:
@@ -133,3 +129,4 @@ def test_scale_table_prints_the_deltas_and_transfer_and_plots_them(tmp_path, cap
                     "| +0.0200 ± 0.0141 | +0.50 | 0.25 |"]
     assert list(st.deltas(st.runs_of(units, "is"), "eval/evaluator_is")) == [0.01, 0.03]
     assert (tmp_path / "p.png").stat().st_size > 5000
+

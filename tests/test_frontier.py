@@ -4,11 +4,12 @@ from `method.start_from`, and where the DPO steps land against the frontier."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone=tiny", "concept=default", "prompts.n=4", "generate.images_per_prompt=3", "logger=none",
@@ -17,11 +18,7 @@ TINY = ["backbone=tiny", "concept=default", "prompts.n=4", "generate.images_per_
 
 
 def _cfg(out: Path, extra=()):
-    from hydra import compose, initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *extra, f"paths.output_dir={out}"])
+    return compose_config([*TINY, *extra], out)
 
 
 def test_frontier_and_margins_by_hand():

@@ -20,6 +20,8 @@ import torch
 
 from dbdpo.checkpointing import ResumableLoader, newest_checkpoint, partial_dir
 
+from conftest import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,11 +83,7 @@ TINY = ["backbone=tiny", "concept=default", "prompts.n=4", "generate.images_per_
 
 
 def _cfg(out: Path, extra: list[str] = ()):
-    from hydra import compose, initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *extra, f"paths.output_dir={out}"])
+    return compose_config([*TINY, *extra], out)
 
 
 class Killed(RuntimeError):
@@ -392,13 +390,9 @@ def test_a_submitit_launcher_without_its_package_is_one_clear_error(monkeypatch)
 
 
 def test_slurm_launcher_gives_one_task_per_device():
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
-                      return_hydra_config=True)
+    cfg = compose_config(["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2"], hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 2)

@@ -3,25 +3,20 @@ preservation (class images generated once by the base model, cached, reused by l
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TRAINER_LOG = "ignore:You are trying to `self.log\\(\\)`"
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("train", overrides=["concept=default", "logger=none", "progress=false", "method.max_steps=2",
-                                            "generate.batch_size=4", *overrides, f"paths.output_dir={out}",
-                                            f"paths.log_dir={out.parent / 'logs'}"])
+    return compose_config(["concept=default", "logger=none", "progress=false", "method.max_steps=2",
+                           "generate.batch_size=4", *overrides, f"paths.log_dir={out.parent / 'logs'}"], out)
 
 
 def snapshot(modules) -> list[torch.Tensor]:

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone=tiny", "concept=default", "logger=none", "progress=false"]
 
 
 def compose(overrides: list[str], out: Path, base: list[str] = TINY):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("train", overrides=[*base, *overrides, f"paths.output_dir={out}"])
+    return compose_config([*base, *overrides], out)
 
 
 # (override, the key the message must name): type errors, out-of-range numbers, NaN / inf, zero sizes, names

@@ -16,6 +16,8 @@ import torch
 from dbdpo.backbones import build_backbone, build_tiny_sdxl_pipeline
 from dbdpo.generate import generate
 
+from conftest import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_TRAINER_LOG = "ignore:You are trying to `self.log\\(\\)`"
 TINY_SDXL = {"name": "tiny_sdxl", "kind": "sdxl", "build": "tiny", "resolution": 32,
@@ -157,12 +159,7 @@ def test_train_py_end_to_end_for_every_backbone_and_method(backbone, method, tmp
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("train", overrides=[*overrides, f"paths.output_dir={out}"])
+    return compose_config(overrides, out)
 
 
 def test_sdxl_bad_input_is_one_clear_error_before_any_work(tmp_path):

@@ -4,11 +4,12 @@ fast preset's sampler swap."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,20 +82,13 @@ def test_fast_preset_on_a_backbone_whose_scheduler_cannot_be_swapped(tiny_backbo
 
 @pytest.mark.parametrize("backbone, steps", [("sd2", 20), ("world", 5), ("tiny", 2)])
 def test_generate_fast_composes_with_the_backbones_fast_steps(backbone, steps):
-    from hydra import compose, initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["generate=fast", f"backbone={backbone}"])
+    cfg = compose_config(["generate=fast", f"backbone={backbone}"])
     assert cfg.generate.sampler == "DPMSolverMultistepScheduler" and cfg.generate.num_inference_steps == steps
     assert cfg.generate.images_per_prompt == compose_default_m(backbone)
 
 
 def compose_default_m(backbone: str) -> int:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"backbone={backbone}"]).generate.images_per_prompt
+    return compose_config([f"backbone={backbone}"]).generate.images_per_prompt
 
 
 def test_ddim_eta_gives_other_samples_and_is_recorded(tiny_backbone, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone=tiny", "concept=default", "method.max_steps=4", "prompts.n=8", "generate.images_per_prompt=3", "eval.max_prompts=3",
         "eval.images_per_prompt=2", "logger=csv", "progress=false", "steps=2"]
@@ -22,12 +24,7 @@ def run_train(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def compose(overrides: list[str], out: Path):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("train", overrides=[*TINY, *overrides, f"paths.output_dir={out}"])
+    return compose_config([*TINY, *overrides], out)
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,17 @@ manifest matches the files, and a rerun skips finished stages."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose(overrides):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "world"), version_base="1.3"):
-        return hcompose("pretrain", overrides=overrides)
+    return compose_config(overrides, config_name="pretrain", config_dir=ROOT / "conf" / "world")
 
 
 TINY = ["oracle.steps=2", "oracle.batch_size=8", "scorer.steps=2", "scorer.batch_size=8", "evaluator.steps=2",
