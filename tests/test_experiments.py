@@ -130,3 +130,42 @@ def test_scale_table_prints_the_deltas_and_transfer_and_plots_them(tmp_path, cap
     assert list(st.deltas(st.runs_of(units, "is"), "eval/evaluator_is")) == [0.01, 0.03]
     assert (tmp_path / "p.png").stat().st_size > 5000
 
+
+def test_scale_paired_differences_per_unit_on_the_common_units(tmp_path, capsys):
+    # experiments/scale_paired.py on two hand-made eval_noise.json: units a, b in both (c only in the reference);
+    # setting B raises every unit's oracle prompt-following Δ by 0.1 in check 0 and 0.3 in check 1 (pooled +0.2)
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("scale_paired", ROOT / "experiments" / "scale_paired.py")
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    metrics = list(sp.METRICS)
+
+    def unit(base: float, extra: tuple[float, float] = (0.0, 0.0)):
+        def r(m):
+            g = [base + extra[0], base + extra[1]] if m == "oracle_prompt" else [base, base]
+            return {"groups": g, "pooled": float(np.mean(g))}
+        sc = {**{m: r(m) for m in metrics}, "scorer_ts": {"groups": [0.02, 0.02], "pooled": 0.02},
+              "evaluator_ts": {"groups": [0.01, 0.01], "pooled": 0.01}}
+        return {"ts_s2": sc, "is_s2": sc}
+
+    a = {"a/seed0": unit(0.0), "b/seed0": unit(0.05), "c/seed0": unit(0.5)}
+    b = {"a/seed0": unit(0.0, (0.1, 0.3)), "b/seed0": unit(0.05, (0.1, 0.3))}
+    for name, units in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"units": units}))
+    sp.main([f"n16={tmp_path / 'a.json'}", f"n256={tmp_path / 'b.json'}", "--plot", str(tmp_path / "p.png"),
+             "--json", str(tmp_path / "out.json")])
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert res["units"] == ["a/seed0", "b/seed0"]
+    d = res["rows"]["ts_s2/oracle_prompt"]["diff"]["n256"]
+    assert np.allclose(d["per_unit"], [0.2, 0.2]) and d["support"] == 1.0 and d["units_positive"] == 2
+    assert np.isclose(d["check_noise"], np.std([0.1, 0.3], ddof=1))
+    assert res["rows"]["ts_s2/evaluator_is"]["diff"]["n256"]["mean"] == 0.0
+    assert "| TS | oracle prompt-following | +0.0250 ± 0.0354 | +0.2250 ± 0.0354 | +0.2000 ± 0.0000 | 1.00 | 2 of 2 |" \
+        in out
+    assert "| TS | +0.50 | +0.50 |" in out  # TS transfer: evaluator 0.01 ÷ scorer 0.02
+    assert (tmp_path / "p.png").stat().st_size > 5000
