@@ -166,13 +166,14 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
             line += (f"; DPO {r['dpo_pairs_s']:.1f} pairs/s, {100 * r['dpo_roofline_fraction']:.0f} % of the "
                      f"roofline; main setup ≈ {r['main_setup_min']:.0f} min per concept")
         print(line)
-    if out_dir:
-        from .io import write_json
+        if out_dir:  # after each model: a run cut short keeps what it measured
+            from .io import write_json
 
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        name = "tiny_cpu" if tiny else "check_cpu" if check else torch.cuda.get_device_name(device).replace(" ", "_")
-        path = write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json", result)
-        print(f"written: {path}")
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            name = ("tiny_cpu" if tiny else "check_cpu" if check
+                    else torch.cuda.get_device_name(device).replace(" ", "_"))
+            path = write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json", result)
+            print(f"written: {path}")
     return result
 
 
