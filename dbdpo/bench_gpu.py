@@ -6,15 +6,19 @@ their published configs with random weights (speed does not depend on weight val
 - the bf16 matmul rate of this GPU, measured here (a large GEMM): the roofline R in FLOP/s;
 - generation through `dbdpo.generate` (latents, VAE decode, PNGs): img/s, beside the original's 2.8 img/s, and
   the fraction of the roofline  f = (UNet FLOPs per image · img/s) / R, UNet FLOPs from torch's flop counter
-  (one forward of the CFG batch × sampler steps);
-- one DPO micro-batch of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
-  checkpointing for SDXL) and an AdamW step: pairs/s and its fraction of the roofline (forward + backward +
-  reference FLOPs from the flop counter);
-- the main setup's time per concept from these rates: 1000 prompts × 10 images, 500 DPO steps of 256 pairs.
+  (one forward of the CFG batch × the sampler's UNet calls: 51 for 50 PNDM steps); the same with generate=fast
+  (DPM-Solver++, 20 steps); and where generation's time goes (text encoding, UNet, VAE decode, PNG writing);
+- DPO micro-batches of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
+  checkpointing for SDXL) at two sizes, and an AdamW step: pairs/s and its fraction of the roofline (forward +
+  backward + reference FLOPs from the flop counter);
+- the main setup's time per concept from these rates: 1000 prompts × 10 images, 500 DPO steps of 256 pairs
+  (with the backbone's sampler and with generate=fast).
 
-Options: `--compile` (torch.compile of the UNet), `--channels-last`, `--models sd2-base`. `--tiny` runs the same
-code on the tiny backbone on the CPU in seconds (the test suite does, so the script cannot rot).
-Results: a table, and `results/bench/gpu_<date>_<device>.json`.
+`experiments/bench_gpu.sh` runs every measurement in one call of a lent GPU machine.
+
+Options: `--compile` (torch.compile of the UNet, in generation and in the DPO step), `--channels-last`,
+`--models sd2-base`. `--tiny` runs the same code on the tiny backbone on the CPU in seconds (the test suite does,
+so the script cannot rot). Results: a table, and `results/bench/gpu_<date>_<device>[_compile][_channels-last].json`.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from pathlib import Path
 import torch
 
 ORIGINAL_IMG_S = 2.8  # the original implementation on one H100 (≈ 2.5 h per concept)
-SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16, "micro": 8},
-            "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8, "micro": 2}}
-TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4, "micro": 2}}
+# micros: the DPO micro-batches (pairs) timed; the fastest sets the main setup's DPO time
+SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16, "micro": 8,
+                         "micros": [8, 16], "fast_steps": 20},
+            "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8, "micro": 2,
+                          "micros": [2, 4], "fast_steps": 20}}
+TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4, "micro": 2,
+                 "micros": [2, 4], "fast_steps": 2}}
 MAIN_SETUP = {"images": 1000 * 10, "dpo_pairs": 500 * 256}
 
 
@@ -54,8 +62,46 @@ def backbone_for(model: str, s: dict, device, dtype):
                                 num_inference_steps=s["steps"], guidance_scale=s["guidance"])
 
 
+def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
+    """Seconds per image of each part of generation, timed alone on the shapes `generate` uses: where the time
+    goes between the UNet's FLOPs and the measured img/s."""
+    import concurrent.futures as cf
+
+    from .bench import _time
+    from .generate import PNG_WRITERS, _generate_batch
+
+    texts = [f"a photo of sks dog number {i}" for i in range(b)]
+    unet = bb.pipe.unet
+    lat = torch.randn(b, *bb.latent_shape, device=device, dtype=bb.unet.dtype)
+    cond = bb.with_sizes(bb.encode_prompts(texts)).to(device)
+    x2, c2 = torch.cat([lat, lat]), type(cond).cat([cond, cond]).to(dtype=bb.unet.dtype)
+    t = torch.full((2 * b,), 500, device=device)
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        out["text encoding"] = _time(lambda: bb.encode_prompts(texts), 2, device) / b
+        out["UNet (all sampler steps, CFG)"] = _time(
+            lambda: unet(x2, t, **c2.unet_kwargs(), return_dict=False), 2, device) * unet_calls / b
+        out["VAE decode + to PIL"] = _time(lambda: bb.decode(lat), 2, device) / b
+        out["sampler loop end to end (no decode)"] = _time(
+            lambda: _generate_batch(bb, texts, list(range(b)), bb.guidance_scale, bb.num_inference_steps),
+            1, device) / b
+    images = bb.decode(lat)
+    with tempfile.TemporaryDirectory() as d:
+        out["PNG writing, one thread"] = _time(
+            lambda: [im.save(Path(d) / f"{i}.png") for i, im in enumerate(images)], 2) / b
+        with cf.ThreadPoolExecutor(PNG_WRITERS) as ex:
+            out[f"PNG writing, {PNG_WRITERS} threads (off the GPU's path in generate)"] = _time(
+                lambda: list(ex.map(lambda a: a[1].save(Path(d) / f"{a[0]}.png"), enumerate(images))), 2) / b
+    return out
+
+
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
-                dpo: bool = True) -> dict:
+                dpo: bool = True, parts: bool = True, micros: list[int] | None = None) -> dict:
+    """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
+    roofline `rate`, per-part seconds, and the main setup's minutes per concept from them."""
+    import copy
+    import shutil
+
     from .bench import count_flops
     from .dpo import DiffusionDPOModule
     from .generate import generate
@@ -65,10 +111,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     unet = bb.unet
     if channels_last:
         unet.to(memory_format=torch.channels_last)
-    if compile_unet:
-        bb.pipe.unet = torch.compile(unet)
 
-    # UNet FLOPs per image: one forward of the CFG batch (2 rows per image) × steps
+    # UNet FLOPs per image: one forward of the CFG batch (2 rows per image) × the sampler's UNet calls
     b = s["batch"]
     texts = [f"a photo of sks dog number {i}" for i in range(b)]
     cond = bb.with_sizes(bb.encode_prompts(texts[:1]))
@@ -77,62 +121,93 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     t = torch.full((2,), 500, device=device)
     with torch.no_grad():
         flops_fwd = count_flops(lambda: unet(x, t, **c2.to(dtype=unet.dtype).unet_kwargs(), return_dict=False))
-    out["unet_tflop_per_image"] = flops_fwd * s["steps"] / 1e12  # one image = the 2 CFG rows
+    sched = bb.pipe.scheduler
+    sched.set_timesteps(s["steps"])
+    calls = len(sched.timesteps)  # PNDM: 51 UNet calls for 50 steps
+    out["unet_calls_per_image"] = calls
+    out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
+    if compile_unet:
+        bb.pipe.unet = torch.compile(unet)
 
     prompts = [f"a photo of [V*] number {i}" for i in range(b)]
+    fast_steps = s.get("fast_steps", 20)
     with tempfile.TemporaryDirectory() as d:
-        def gen():
-            import shutil
+        def gen(**kw):
+            def go():
+                shutil.rmtree(Path(d) / "s", ignore_errors=True)
+                generate(bb, prompts, "sks dog", Path(d) / "s", 1, seed=0, batch_size=b, prompts_per_shard=b,
+                         progress=False, **kw)
+            return go
 
-            shutil.rmtree(Path(d) / "s", ignore_errors=True)
-            generate(bb, prompts, "sks dog", Path(d) / "s", 1, seed=0, batch_size=b, prompts_per_shard=b,
-                     progress=False)
-
-        sec = timed(gen, device, repeat=2)
+        sec = timed(gen(), device, repeat=2)
+        sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
+                         repeat=2)
     out["generation_img_s"] = b / sec
     out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
     out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
+    out["generation_fast_img_s"] = b / sec_fast
+    out["generation_fast_steps"] = fast_steps
+    out["generation_fast_speedup"] = sec / sec_fast
+    out["generation_fast_roofline_fraction"] = (flops_fwd * fast_steps * out["generation_fast_img_s"] / rate)
+    if parts:
+        out["generation_parts_s_per_image"] = generation_parts(bb, b, calls, device)
+    bb.pipe.unet = unet
     if not dpo:
         return out
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     # DPO: full-UNet fine-tune, fp32 masters under bf16 autocast, reference in bf16
-    bb.pipe.unet = unet
     unet.to(torch.float32).requires_grad_(True)
     if model == "sdxl-base":
         unet.enable_gradient_checkpointing()
-    ref = __import__("copy").deepcopy(unet).requires_grad_(False).to(dtype)
+    ref = copy.deepcopy(unet).requires_grad_(False).to(dtype)
     module = DiffusionDPOModule(bb, ref_unet=ref, beta=5000.0).to(device)
-    m = s["micro"]
-    batch = {"latents_w": torch.randn(m, *bb.latent_shape, device=device),
-             "latents_l": torch.randn(m, *bb.latent_shape, device=device), "prompt": texts[:m]}
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-8)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(
         device.type, enabled=False)
 
-    def micro():
-        with autocast, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loss = module.training_step(batch, 0)
-        loss.backward()
+    def step_of(m: int):
+        batch = {"latents_w": torch.randn(m, *bb.latent_shape, device=device),
+                 "latents_l": torch.randn(m, *bb.latent_shape, device=device),
+                 "prompt": [texts[i % b] for i in range(m)]}
 
-    flops_micro = count_flops(micro)
+        def micro():
+            with autocast, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss = module.training_step(batch, 0)
+            loss.backward()
+        return micro
+
+    micros = micros or [s["micro"]]
+    flops = {m: count_flops(step_of(m)) for m in micros}  # on the eager modules
     unet.zero_grad(set_to_none=True)
-    sec = timed(lambda: (micro(), unet.zero_grad(set_to_none=True)), device, repeat=2)
+    if compile_unet:  # in place: the module, its state dict and the DPO module's references stay as they are
+        unet.compile()
+        ref.compile()
+    out["dpo"] = []
+    for m in micros:
+        micro = step_of(m)
+        sec = timed(lambda: (micro(), unet.zero_grad(set_to_none=True)), device, repeat=2)
+        out["dpo"].append({"micro": m, "pairs_s": m / sec, "tflop_per_pair": flops[m] / m / 1e12,
+                           "roofline_fraction": flops[m] / sec / rate})
     micro()
     sec_opt = timed(opt.step, device, repeat=2)
-    out["dpo_pairs_s"] = m / sec
-    out["dpo_tflop_per_pair"] = flops_micro / m / 1e12
-    out["dpo_roofline_fraction"] = flops_micro / sec / rate
+    best = max(out["dpo"], key=lambda r: r["pairs_s"])
+    out["dpo_micro"] = best["micro"]
+    out["dpo_pairs_s"] = best["pairs_s"]
+    out["dpo_tflop_per_pair"] = best["tflop_per_pair"]
+    out["dpo_roofline_fraction"] = best["roofline_fraction"]
     out["adamw_step_s"] = sec_opt
     if device.type == "cuda":
         out["dpo_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
     steps_per_dpo_step = MAIN_SETUP["dpo_pairs"] // 500
-    out["main_setup_min"] = (MAIN_SETUP["images"] / out["generation_img_s"]
-                             + MAIN_SETUP["dpo_pairs"] / out["dpo_pairs_s"] + 500 * sec_opt) / 60
+    dpo_min = (MAIN_SETUP["dpo_pairs"] / out["dpo_pairs_s"] + 500 * sec_opt) / 60
+    out["main_setup_min"] = MAIN_SETUP["images"] / out["generation_img_s"] / 60 + dpo_min
+    out["main_setup_fast_min"] = MAIN_SETUP["images"] / out["generation_fast_img_s"] / 60 + dpo_min
     out["main_setup_note"] = (f"1000 prompts × 10 images + 500 DPO steps × {steps_per_dpo_step} pairs "
-                              "(+ 500 AdamW steps), from the rates above; personalization and evaluation not counted")
+                              "(+ 500 AdamW steps), from the rates above (the DPO micro-batch that ran fastest); "
+                              "_fast_: the samples with generate=fast; personalization and evaluation not counted")
     return out
 
 
@@ -146,14 +221,15 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     dtype = torch.float32 if tiny or check else torch.bfloat16
     settings = TINY if tiny else {k: v for k, v in SETTINGS.items() if not models or k in models}
     if check:
-        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micro": 1} for k, v in settings.items()}
+        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micro": 1, "micros": [1], "fast_steps": 2}
+                    for k, v in settings.items()}
     rate = matmul_rate(device, 256 if tiny or check else 8192)
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
     for model, s in settings.items():
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
-                        dpo=not (check and model == "sdxl-base"))
+                        dpo=not (check and model == "sdxl-base"), micros=s.get("micros"))
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -161,17 +237,23 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
             torch.cuda.empty_cache()
         result["models"].append(r)
         line = (f"{model}: generation {r['generation_img_s']:.2f} img/s ({r['generation_vs_original']:.2f}× the "
-                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline")
+                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline; "
+                f"generate=fast {r['generation_fast_img_s']:.2f} img/s ({r['generation_fast_speedup']:.2f}×)")
         if "dpo_pairs_s" in r:
-            line += (f"; DPO {r['dpo_pairs_s']:.1f} pairs/s, {100 * r['dpo_roofline_fraction']:.0f} % of the "
-                     f"roofline; main setup ≈ {r['main_setup_min']:.0f} min per concept")
+            line += "; DPO " + ", ".join(f"micro {d['micro']}: {d['pairs_s']:.1f} pairs/s "
+                                         f"({100 * d['roofline_fraction']:.0f} % of the roofline)" for d in r["dpo"])
+            line += (f"; main setup ≈ {r['main_setup_min']:.0f} min per concept "
+                     f"({r['main_setup_fast_min']:.0f} with generate=fast)")
         print(line)
+        for part, sec in r.get("generation_parts_s_per_image", {}).items():
+            print(f"    {part}: {1000 * sec:.1f} ms per image")
         if out_dir:  # after each model: a run cut short keeps what it measured
             from .io import write_json
 
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             name = ("tiny_cpu" if tiny else "check_cpu" if check
                     else torch.cuda.get_device_name(device).replace(" ", "_"))
+            name += "_compile" * compile_unet + "_channels-last" * channels_last
             path = write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json", result)
             print(f"written: {path}")
     return result

@@ -10,7 +10,8 @@ A shard is written to a temporary folder and renamed into place, so it is either
 a restart skips finished shards. With `cache_dir`, finished shards are also kept there under a key made of
 the model's weights fingerprint and everything that determines the shard's images (prompts, their indices,
 seed, sampler settings), so another run that would generate the same shard copies it instead (e.g. DPO
-variants that start from one checkpoint).
+variants that start from one checkpoint). PNGs are encoded by a few threads while the next batch is sampled
+(PIL releases the GIL while compressing), so the accelerator does not wait for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -168,43 +170,63 @@ def generate(
     fingerprint = model_fingerprint(backbone) if cache is not None else ""
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    for k in todo:
-        items = [(p, j) for p in shards[k] for j in range(images_per_prompt)]
-        tmp = out_dir / f".tmp_{_shard_name(k)}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        key = _shard_key(fingerprint, settings, shards[k][0], [prompts[p] for p in shards[k]]) if cache else ""
-        if cache is not None and (cache / key).is_dir():
-            shutil.copytree(cache / key, tmp)
-            os.replace(tmp, out_dir / _shard_name(k))
-            bar.update(len(items))
-            continue
-        tmp.mkdir()
-        latents, meta = [], []
-        for b in range(0, len(items), batch_size):
-            chunk = items[b : b + batch_size]
-            texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
-            seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
-            lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
-            for (p, j), text, s, img in zip(chunk, texts, seeds, backbone.decode(lat)):
-                name = f"p{p:05d}_{j:03d}.png"
-                img.save(tmp / name)
-                meta.append({"prompt": prompts[p], "text": text, "prompt_index": p, "sample_index": j,
-                             "seed": s, "image": name})
-            latents.append(lat)
-            bar.update(len(chunk))
-        save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
-        write_json(tmp / "meta.json", meta)
-        if cache is not None:
-            ctmp = cache / f".tmp_{key}"
-            shutil.rmtree(ctmp, ignore_errors=True)
-            shutil.copytree(tmp, ctmp)
-            if not (cache / key).exists():
-                os.replace(ctmp, cache / key)
-            shutil.rmtree(ctmp, ignore_errors=True)
-        os.replace(tmp, out_dir / _shard_name(k))
+    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="dbdpo-png") as writer:
+        for k in todo:
+            _generate_shard(backbone, prompts, shards[k], k, images_per_prompt, holder, seed, guidance, steps, eta,
+                            batch_size, out_dir, cache, fingerprint, settings, writer, bar)
     bar.close()
     barrier()  # every process's shards are in place
     return load_samples(out_dir)
+
+
+PNG_WRITERS = min(4, os.cpu_count() or 1)
+
+
+def _wait(pending: list[Future]) -> None:
+    for f in pending:
+        f.result()  # re-raises a failed write
+    pending.clear()
+
+
+def _generate_shard(backbone, prompts, shard, k, images_per_prompt, holder, seed, guidance, steps, eta, batch_size,
+                    out_dir, cache, fingerprint, settings, writer, bar) -> None:
+    """One shard into a temporary folder, renamed into place once every file of it is written."""
+    items = [(p, j) for p in shard for j in range(images_per_prompt)]
+    tmp = out_dir / f".tmp_{_shard_name(k)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    key = _shard_key(fingerprint, settings, shard[0], [prompts[p] for p in shard]) if cache else ""
+    if cache is not None and (cache / key).is_dir():
+        shutil.copytree(cache / key, tmp)
+        os.replace(tmp, out_dir / _shard_name(k))
+        bar.update(len(items))
+        return
+    tmp.mkdir()
+    latents, meta, pending = [], [], []
+    for b in range(0, len(items), batch_size):
+        chunk = items[b : b + batch_size]
+        texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
+        seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
+        lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
+        images = backbone.decode(lat)
+        _wait(pending)  # at most one batch of PNGs in flight: bounded memory
+        for (p, j), text, s, img in zip(chunk, texts, seeds, images):
+            name = f"p{p:05d}_{j:03d}.png"
+            pending.append(writer.submit(img.save, tmp / name))
+            meta.append({"prompt": prompts[p], "text": text, "prompt_index": p, "sample_index": j,
+                         "seed": s, "image": name})
+        latents.append(lat)
+        bar.update(len(chunk))
+    _wait(pending)
+    save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
+    write_json(tmp / "meta.json", meta)
+    if cache is not None:
+        ctmp = cache / f".tmp_{key}"
+        shutil.rmtree(ctmp, ignore_errors=True)
+        shutil.copytree(tmp, ctmp)
+        if not (cache / key).exists():
+            os.replace(ctmp, cache / key)
+        shutil.rmtree(ctmp, ignore_errors=True)
+    os.replace(tmp, out_dir / _shard_name(k))
 
 
 def check_sampler(backbone, sampler: str) -> None:

@@ -229,3 +229,33 @@ def test_sample_cache_shares_identical_shards_across_runs(backbone, tmp_path, mo
         finally:
             p.copy_(saved)
     assert len(calls) == 3
+
+
+def test_png_writer_threads_write_the_same_files_and_a_failed_write_leaves_no_shard(backbone, tmp_path, monkeypatch):
+    import dbdpo.generate as gen
+
+    threaded = run(backbone, tmp_path / "threads", batch_size=2, prompts_per_shard=2)
+    monkeypatch.setattr(gen, "PNG_WRITERS", 1)
+    serial = run(backbone, tmp_path / "serial", batch_size=2, prompts_per_shard=2)
+    assert [p.read_bytes() for p in threaded.images] == [p.read_bytes() for p in serial.images]
+    # each PNG is the decoded latent it sits beside
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(threaded.load_images(), backbone.decode(threaded.latents)))
+
+    monkeypatch.setattr(gen, "PNG_WRITERS", 3)
+    real_save, calls = Image.Image.save, []
+
+    def failing_save(self, fp, *a, **k):
+        calls.append(str(fp))
+        if len(calls) == 3:  # the first image of the second batch of shard 0
+            raise OSError("disk full")
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    out = tmp_path / "failed"
+    with pytest.raises(OSError, match="disk full"):
+        run(backbone, out, batch_size=2, prompts_per_shard=2)
+    assert not list(out.glob("shard_*"))  # the shard never moved into place half written
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    again = run(backbone, out, batch_size=2, prompts_per_shard=2)
+    assert [p.read_bytes() for p in again.images] == [p.read_bytes() for p in serial.images]

@@ -43,7 +43,18 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
                 "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
         assert m[key] > 0, key
     # the tiny UNet's flops: 5 steps of a 2-row CFG batch
-    assert m["unet_tflop_per_image"] < 1e-2
+    assert m["unet_tflop_per_image"] < 1e-2 and m["unet_calls_per_image"] == 5
+    # generate=fast: 2 DPM-Solver++ steps against 5 DDIM steps
+    assert m["generation_fast_steps"] == 2 and m["generation_fast_img_s"] > 0
+    assert m["main_setup_fast_min"] < m["main_setup_min"] * (1 + 1e-9) or m["generation_fast_speedup"] < 1
+    # every DPO micro-batch timed, the fastest one sets the rate used for the main setup
+    assert [d["micro"] for d in m["dpo"]] == [2, 4]
+    assert m["dpo_pairs_s"] == max(d["pairs_s"] for d in m["dpo"])
+    assert all(d["tflop_per_pair"] == pytest.approx(m["dpo"][0]["tflop_per_pair"], rel=1e-2) for d in m["dpo"])
+    parts = m["generation_parts_s_per_image"]
+    assert {"text encoding", "UNet (all sampler steps, CFG)", "VAE decode + to PIL",
+            "sampler loop end to end (no decode)", "PNG writing, one thread"} <= set(parts)
+    assert all(v > 0 for v in parts.values())
 
 
 def test_fast_preset_swaps_the_sampler_for_the_dpo_samples_only(tiny_backbone, tmp_path):

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 26 in one call of the device tool (≈ 6–7 min on an H200, inside the 8 the
+# issue allows): both full-size models eager (generation with the backbone's sampler and with generate=fast,
+# where generation's time goes, DPO at two micro-batch sizes), then SD2 with torch.compile + channels-last
+# (generation and the DPO step). Each model's JSON is written as soon as it is measured, so a run cut short keeps
+# what it has. From the repo root, with the wheels of experiments/gpu_wheels.sh carried in .whl/:
+#     device run: bash experiments/bench_gpu.sh $OUT      (carry: [".whl"], timeout_s ≈ 480)
+# then copy $OUT's JSON and logs into results/bench/ and the table into experiments/benchmarks.md.
+set -uo pipefail
+out=${1:-results/bench}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/smi.txt" 2>&1
+quiet() { grep -v -E "kept in float32|Dynamo|originates from|upsampling.py|warn_once|is_torch_version|^$"; }
+timeout 300 python3 -m dbdpo.bench_gpu --out "$out" 2>&1 | quiet | tee "$out/eager.log"
+echo "eager done at ${SECONDS}s"
+if [ "$SECONDS" -lt 280 ]; then
+  timeout $((470 - SECONDS)) python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last \
+    --out "$out" 2>&1 | quiet | tee "$out/compile.log"
+fi
+echo "total ${SECONDS}s"
