@@ -5,7 +5,8 @@
 For each unit, variant and DPO step (its `<variant>_s<S>/step_<k>` samples, scores and kept pairs) it reports:
 - the fraction of a prompt's sample pairs that the oracle tells apart on prompt-following (or on identity),
   and among those how often the scorer's TS (IS) orders them as the oracle does;
-- among the filter's kept pairs, the fraction whose winner the oracle finds better / worse on each.
+- among the filter's kept pairs, the fraction whose winner the oracle finds better / worse on each;
+then one row per variant and step with the mean over units (each unit weighs the same).
 """
 
 from __future__ import annotations
@@ -38,11 +39,32 @@ def agreement(score: np.ndarray, truth: np.ndarray, pidx: np.ndarray) -> tuple[f
     return sep / max(total, 1), agree / max(sep, 1)
 
 
+COLUMNS = ("sep_p", "agree_ts", "sep_i", "agree_is", "kept_p_better", "kept_p_worse", "kept_i_better",
+           "kept_i_worse", "kept")
+
+
+def row(name: str, variant: str, r: dict) -> str:
+    return (f"| {name} | {variant} | {r['sep_p']:.2f} | {r['agree_ts']:.2f} | {r['sep_i']:.2f} | {r['agree_is']:.2f} "
+            f"| {r['kept_p_better']:.2f} / {r['kept_p_worse']:.2f} | {r['kept_i_better']:.2f} / {r['kept_i_worse']:.2f} "
+            f"| {r['kept']:.0f} |")
+
+
+def summary(rows: list[tuple[str, str, dict]]) -> list[str]:
+    """Per variant/step, the unweighted mean of every column over the units that ran it."""
+    out = []
+    for variant in sorted({v for _, v, _ in rows}):
+        rs = [r for _, v, r in rows if v == variant]
+        mean = {c: float(np.mean([r[c] for r in rs])) for c in COLUMNS}
+        out.append(row(f"**mean of {len(rs)} units**", variant, mean))
+    return out
+
+
 def main(unit_dirs: list[str]) -> None:
     oracle = load_oracle(str(ORACLE), "cpu")
     print("| unit | variant | prompt pairs separated by oracle | TS agrees | identity pairs separated | IS agrees "
           "| kept: prompt better / worse | kept: identity better / worse | kept |")
     print("|---|---|---|---|---|---|---|---|---|")
+    rows: list[tuple[str, str, dict]] = []
     for unit in map(Path, unit_dirs):
         for d in sorted(unit.glob("*_s[0-9]*/step_[0-9]*")):
             v = f"{d.parent.name}/{d.name}"
@@ -64,9 +86,13 @@ def main(unit_dirs: list[str]) -> None:
             pairs = read_json(d / "pairs.json")
             w, l = np.asarray(pairs["winner"]), np.asarray(pairs["loser"])
             df, di = follow[w] - follow[l], ident[w] - ident[l]
-            print(f"| {unit.parent.name}/{unit.name} | {v} | {sep_p:.2f} | {agree_ts:.2f} | {sep_i:.2f} | {agree_is:.2f} "
-                  f"| {np.mean(df > 0):.2f} / {np.mean(df < 0):.2f} | {np.mean(di > 0):.2f} / {np.mean(di < 0):.2f} "
-                  f"| {len(w)} |")
+            r = {"sep_p": sep_p, "agree_ts": agree_ts, "sep_i": sep_i, "agree_is": agree_is,
+                 "kept_p_better": np.mean(df > 0), "kept_p_worse": np.mean(df < 0),
+                 "kept_i_better": np.mean(di > 0), "kept_i_worse": np.mean(di < 0), "kept": len(w)}
+            rows.append((f"{unit.parent.name}/{unit.name}", v, r))
+            print(row(*rows[-1]))
+    for line in summary(rows):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -169,3 +169,24 @@ def test_scale_paired_differences_per_unit_on_the_common_units(tmp_path, capsys)
         in out
     assert "| TS | +0.50 | +0.50 |" in out  # TS transfer: evaluator 0.01 ÷ scorer 0.02
     assert (tmp_path / "p.png").stat().st_size > 5000
+
+
+def test_pair_labels_vs_oracle_agreement_and_mean_rows():
+    # experiments/pair_labels_vs_oracle.py: agreement on one prompt of 3 samples, and the per-variant mean rows
+    import importlib.util
+
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("plo", ROOT / "experiments" / "pair_labels_vs_oracle.py")
+    plo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plo)
+    # truth 1, 1, 0: pairs (0,1) tied, (0,2) and (1,2) separated; the score orders (0,2) alike and (1,2) not
+    sep, agree = plo.agreement(np.array([0.9, 0.1, 0.5]), np.array([1.0, 1.0, 0.0]), np.array([0, 0, 0]))
+    assert (sep, agree) == (2 / 3, 1 / 2)
+    base = dict.fromkeys(plo.COLUMNS, 0.0)
+    rows = [("u1", "ts_s1/step_0", {**base, "sep_p": 0.1, "kept": 100}),
+            ("u2", "ts_s1/step_0", {**base, "sep_p": 0.3, "kept": 300}),
+            ("u1", "is_s1/step_0", {**base, "agree_is": 0.8, "kept": 50})]
+    lines = plo.summary(rows)
+    assert lines == [plo.row("**mean of 1 units**", "is_s1/step_0", {**base, "agree_is": 0.8, "kept": 50}),
+                     plo.row("**mean of 2 units**", "ts_s1/step_0", {**base, "sep_p": 0.2, "kept": 200})]
+    assert "| 0.20 |" in lines[1] and lines[1].endswith("| 200 |")
