@@ -236,10 +236,38 @@ class Backbone:
     resolution: int
     num_inference_steps: int
     guidance_scale: float
+    compile: bool = False  # sample through torch.compile(unet)
+    compile_mode: str | None = None  # torch.compile's mode (None: its default; "max-autotune", ...)
+    compile_backend: Any = "inductor"  # a name, or a callable backend
+    _compiled: Any = field(default=None, repr=False, compare=False)
 
     @property
     def unet(self):
         return self.pipe.unet
+
+    @contextlib.contextmanager
+    def sampling(self):
+        """The pipeline as sampling should run it: with `compile`, its UNet is `torch.compile(unet)` (built once,
+        sharing the UNet's weights, so training in between needs no rebuild) and the eager UNet is put back
+        afterwards, for training, checkpoints and copies; where torch.compile cannot run, one warning and the
+        eager UNet."""
+        unet = self.pipe.unet
+        if self.compile:
+            reason = compile_unavailable(unet.device, self.compile_backend)
+            if reason:
+                warnings.warn(f"backbone.compile=true: torch.compile is unavailable here ({reason}); sampling with "
+                              "the eager UNet instead (set backbone.compile=false to silence this)", stacklevel=3)
+                self.compile = False
+        if not self.compile:
+            yield self.pipe
+            return
+        if self._compiled is None or self._compiled._orig_mod is not unet:
+            self._compiled = torch.compile(unet, mode=self.compile_mode, backend=self.compile_backend)
+        self.pipe.unet = self._compiled
+        try:
+            yield self.pipe
+        finally:
+            self.pipe.unet = unet
 
     @property
     def vae(self):
@@ -359,6 +387,30 @@ class SDXLBackbone(Backbone):
 
 BACKBONES = {"sd": Backbone, "sdxl": SDXLBackbone}
 
+
+def compile_unavailable(device: torch.device, backend: Any = "inductor") -> str | None:
+    """Why torch.compile with `backend` cannot run on `device` here, or None."""
+    import shutil
+
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    import torch._dynamo as dynamo
+
+    if not dynamo.is_dynamo_supported():
+        return "TorchDynamo does not support this Python"
+    if callable(backend):
+        return None
+    if backend != "inductor":
+        return None if backend in dynamo.list_backends(exclude_tags=()) else f"no backend '{backend}'"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton, inductor's GPU code generator, is not installed"
+    if device.type == "cpu":
+        compilers = (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+        return None if any(shutil.which(c) for c in compilers) else "no C++ compiler on PATH for inductor's CPU code"
+    return None
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -392,5 +444,6 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
     return BACKBONES[kind](
         name=name, kind=kind, pipe=pipe, resolution=int(cfg.get("resolution", 512)),
         num_inference_steps=int(cfg.get("num_inference_steps", 50)),
-        guidance_scale=float(cfg.get("guidance_scale", 7.5)),
+        guidance_scale=float(cfg.get("guidance_scale", 7.5)), compile=bool(cfg.get("compile", False)),
+        compile_mode=cfg.get("compile_mode"), compile_backend=str(cfg.get("compile_backend", "inductor")),
     )

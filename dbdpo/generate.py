@@ -103,8 +103,8 @@ def _generate_batch(backbone, texts: list[str], seeds: list[int], guidance_scale
     shape = (len(seeds), *backbone.latent_shape)
     # Initial noise drawn per sample on the CPU (device-independent), then handed to the pipeline.
     latents = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(device, backbone.unet.dtype)
-    with backbone.autocast():  # an fp32-trained UNet beside half-precision frozen parts
-        out = backbone.pipe(
+    with backbone.sampling() as pipe, backbone.autocast():  # autocast: an fp32-trained UNet, half-precision rest
+        out = pipe(
             prompt=texts, height=backbone.resolution, width=backbone.resolution, num_inference_steps=steps,
             guidance_scale=guidance_scale, latents=latents, output_type="latent",
             generator=[torch.Generator(device="cpu").manual_seed(s + 1) for s in seeds],

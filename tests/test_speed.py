@@ -112,3 +112,52 @@ def test_ddim_eta_gives_other_samples_and_is_recorded(tiny_backbone, tmp_path):
     assert not torch.equal(a.latents, b.latents) and torch.equal(b.latents, c.latents)  # stochastic, still seeded
     assert json.loads((tmp_path / "eta1" / "generation.json").read_text())["eta"] == 1.0
     assert "eta" not in json.loads((tmp_path / "eta0" / "generation.json").read_text())  # old caches stay valid
+
+
+def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(tiny_backbone, tmp_path):
+    # backbone.compile=true: generation samples through torch.compile(unet) (here a counting backend that runs the
+    # traced graph as is), the images equal the eager UNet's, the UNet is put back afterwards (state dict keys
+    # unchanged), and a weight update between generations reaches the compiled UNet without recompiling
+    from dbdpo.generate import generate
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    eager, compiled = tiny_backbone(), tiny_backbone(compile=True)
+    compiled.compile_backend = backend
+    keys = list(compiled.unet.state_dict())
+
+    def gen(bb, name):
+        return generate(bb, ["a photo of [V*]", "a [V*] on a beach"], "sks toy", tmp_path / name, 2, seed=0,
+                        batch_size=4, progress=False).latents
+
+    assert torch.equal(gen(compiled, "c1"), gen(eager, "e1"))
+    assert graphs, "the compiled UNet was not used"
+    assert compiled.pipe.unet is compiled._compiled._orig_mod and list(compiled.unet.state_dict()) == keys
+    n_graphs = len(graphs)
+    with torch.no_grad():  # what a DPO step does to the weights, on both
+        for bb in (eager, compiled):
+            bb.unet.conv_in.weight.mul_(1.5)
+    after = gen(compiled, "c2")
+    assert torch.equal(after, gen(eager, "e2")) and not torch.equal(after, gen(eager, "e1"))
+    assert len(graphs) == n_graphs  # same weights object, no recompilation
+
+
+def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_backbone, tmp_path, monkeypatch):
+    from dbdpo.backbones import compile_unavailable
+    from dbdpo.generate import generate
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no C++ compiler for inductor's CPU code
+    monkeypatch.delenv("CXX", raising=False)
+    assert "C++ compiler" in compile_unavailable(torch.device("cpu"))
+    bb = tiny_backbone(compile=True)
+    with pytest.warns(UserWarning, match=r"backbone.compile=true.*C\+\+ compiler.*eager UNet.*backbone.compile=false"):
+        a = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "a", 2, seed=0, progress=False)
+    b = generate(tiny_backbone(), ["a photo of [V*]"], "sks toy", tmp_path / "b", 2, seed=0, progress=False)
+    assert torch.equal(a.latents, b.latents) and bb.compile is False
+    assert compile_unavailable(torch.device("cpu"), "no-such-backend") == "no backend 'no-such-backend'"
