@@ -411,6 +411,7 @@ def compile_unavailable(device: torch.device, backend: Any = "inductor") -> str 
         return None if any(shutil.which(c) for c in compilers) else "no C++ compiler on PATH for inductor's CPU code"
     return None
 
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
