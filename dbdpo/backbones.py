@@ -252,17 +252,17 @@ class Backbone:
         afterwards, for training, checkpoints and copies; where torch.compile cannot run, one warning and the
         eager UNet."""
         unet = self.pipe.unet
-        if self.compile:
+        if self.compile and (self._compiled is None or self._compiled._orig_mod is not unet):
             reason = compile_unavailable(unet.device, self.compile_backend)
             if reason:
                 warnings.warn(f"backbone.compile=true: torch.compile is unavailable here ({reason}); sampling with "
                               "the eager UNet instead (set backbone.compile=false to silence this)", stacklevel=3)
                 self.compile = False
+            else:
+                self._compiled = torch.compile(unet, mode=self.compile_mode, backend=self.compile_backend)
         if not self.compile:
             yield self.pipe
             return
-        if self._compiled is None or self._compiled._orig_mod is not unet:
-            self._compiled = torch.compile(unet, mode=self.compile_mode, backend=self.compile_backend)
         self.pipe.unet = self._compiled
         try:
             yield self.pipe

@@ -409,24 +409,27 @@ def bench_svdiff(accumulate: int, repeat: int) -> dict:
 
 # ---- where the time goes ----------------------------------------------------------------------------------
 
-def breakdown(bb, scorer, batch: int, micro: int, repeat: int, device) -> dict[str, float]:
-    """Seconds per image (generation, scoring) or per pair (DPO) of each component of our stages, timed alone on
-    the shapes the stages use."""
-    from .dpo import DiffusionDPOModule
+def generation_breakdown(bb, texts: list[str], repeat: int, device,
+                         unet_calls: int | None = None) -> tuple[dict[str, float], list]:
+    """Seconds per image of each part of generation, timed alone on the shapes `generate` uses (the UNet as
+    sampling runs it: compiled with `backbone.compile`), and the decoded images. `unet_calls`: the sampler's UNet
+    calls per image (default: its step count)."""
     from .generate import _generate_batch
 
-    texts = [p.replace("[V*]", HOLDER) for p in prompts_for(batch)]
+    batch = len(texts)
     steps, guidance = bb.num_inference_steps, bb.guidance_scale
     lat = torch.randn(batch, *bb.latent_shape).to(device, bb.unet.dtype)
-    cond = bb.encode_prompts(texts).to(device)
+    cond = bb.with_sizes(bb.encode_prompts(texts)).to(device).to(dtype=bb.unet.dtype)
     unet_in = torch.cat([lat, lat]) if guidance > 1 else lat
     cond2 = type(cond).cat([cond, cond]) if guidance > 1 else cond
     t = torch.full((unet_in.shape[0],), 500, device=device)
     out: dict[str, float] = {}
     with torch.no_grad():
         out["text encoding"] = _time(lambda: bb.encode_prompts(texts), repeat, device) / batch
-        out["UNet (all sampler steps, CFG)"] = _time(
-            lambda: bb.unet(unet_in, t, **cond2.unet_kwargs(), return_dict=False), repeat, device) * steps / batch
+        with bb.sampling() as pipe:
+            out["UNet (all sampler steps, CFG)"] = _time(
+                lambda: pipe.unet(unet_in, t, **cond2.unet_kwargs(), return_dict=False), repeat, device
+            ) * (unet_calls or steps) / batch
         out["VAE decode"] = _time(lambda: bb.pipe.vae.decode(lat / bb.scaling_factor), repeat, device) / batch
         images = bb.decode(lat)
         with tempfile.TemporaryDirectory() as d:
@@ -435,6 +438,17 @@ def breakdown(bb, scorer, batch: int, micro: int, repeat: int, device) -> dict[s
         gen_total = _time(lambda: _generate_batch(bb, texts, list(range(batch)), guidance, steps), repeat,
                           device) / batch
         out["generation, one batch end to end (without decode/PNG)"] = gen_total
+    return out, images
+
+
+def breakdown(bb, scorer, batch: int, micro: int, repeat: int, device) -> dict[str, float]:
+    """Seconds per image (generation, scoring) or per pair (DPO) of each component of our stages, timed alone on
+    the shapes the stages use."""
+    from .dpo import DiffusionDPOModule
+
+    texts = [p.replace("[V*]", HOLDER) for p in prompts_for(batch)]
+    out, images = generation_breakdown(bb, texts, repeat, device)
+    with torch.no_grad():
         out["scoring (CLIP image + text)"] = _time(
             lambda: (scorer.embed_images(images), scorer.embed_texts(texts)), repeat, device) / batch
     module = DiffusionDPOModule(bb, beta=5000.0).to(device)

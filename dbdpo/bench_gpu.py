@@ -63,35 +63,18 @@ def backbone_for(model: str, s: dict, device, dtype):
 
 
 def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
-    """Seconds per image of each part of generation, timed alone on the shapes `generate` uses: where the time
-    goes between the UNet's FLOPs and the measured img/s."""
+    """`bench.generation_breakdown` on the batch `generate` uses here, and PNG writing as `generate` does it: on its
+    pool of threads, off the GPU's path."""
     import concurrent.futures as cf
 
-    from .bench import _time
-    from .generate import PNG_WRITERS, _generate_batch
+    from .bench import _time, generation_breakdown
+    from .generate import PNG_WRITERS
 
-    texts = [f"a photo of sks dog number {i}" for i in range(b)]
-    unet = bb.pipe.unet
-    lat = torch.randn(b, *bb.latent_shape, device=device, dtype=bb.unet.dtype)
-    cond = bb.with_sizes(bb.encode_prompts(texts)).to(device)
-    x2, c2 = torch.cat([lat, lat]), type(cond).cat([cond, cond]).to(dtype=bb.unet.dtype)
-    t = torch.full((2 * b,), 500, device=device)
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        out["text encoding"] = _time(lambda: bb.encode_prompts(texts), 2, device) / b
-        out["UNet (all sampler steps, CFG)"] = _time(
-            lambda: unet(x2, t, **c2.unet_kwargs(), return_dict=False), 2, device) * unet_calls / b
-        out["VAE decode + to PIL"] = _time(lambda: bb.decode(lat), 2, device) / b
-        out["sampler loop end to end (no decode)"] = _time(
-            lambda: _generate_batch(bb, texts, list(range(b)), bb.guidance_scale, bb.num_inference_steps),
-            1, device) / b
-    images = bb.decode(lat)
-    with tempfile.TemporaryDirectory() as d:
-        out["PNG writing, one thread"] = _time(
-            lambda: [im.save(Path(d) / f"{i}.png") for i, im in enumerate(images)], 2) / b
-        with cf.ThreadPoolExecutor(PNG_WRITERS) as ex:
-            out[f"PNG writing, {PNG_WRITERS} threads (off the GPU's path in generate)"] = _time(
-                lambda: list(ex.map(lambda a: a[1].save(Path(d) / f"{a[0]}.png"), enumerate(images))), 2) / b
+    out, images = generation_breakdown(bb, [f"a photo of sks dog number {i}" for i in range(b)], 2, device,
+                                       unet_calls)
+    with tempfile.TemporaryDirectory() as d, cf.ThreadPoolExecutor(PNG_WRITERS) as ex:
+        out[f"PNG writing, {PNG_WRITERS} threads (off the GPU's path in generate)"] = _time(
+            lambda: list(ex.map(lambda a: a[1].save(Path(d) / f"{a[0]}.png"), enumerate(images))), 2) / b
     return out
 
 
@@ -126,8 +109,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     calls = len(sched.timesteps)  # PNDM: 51 UNet calls for 50 steps
     out["unet_calls_per_image"] = calls
     out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
-    if compile_unet:
-        bb.pipe.unet = torch.compile(unet)
+    bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
 
     prompts = [f"a photo of [V*] number {i}" for i in range(b)]
     fast_steps = s.get("fast_steps", 20)
@@ -151,7 +133,6 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out["generation_fast_roofline_fraction"] = (flops_fwd * fast_steps * out["generation_fast_img_s"] / rate)
     if parts:
         out["generation_parts_s_per_image"] = generation_parts(bb, b, calls, device)
-    bb.pipe.unet = unet
     if not dpo:
         return out
     if device.type == "cuda":
@@ -271,9 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.tiny and not args.check and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device is visible; python -m dbdpo.bench_gpu --tiny runs on the CPU")
-    if args.compile and not hasattr(torch, "compile"):
-        warnings.warn("torch.compile is unavailable in this torch; measuring without it")
-        args.compile = False
+    if args.compile:
+        from .backbones import compile_unavailable
+
+        reason = compile_unavailable(torch.device("cpu" if args.tiny or args.check else "cuda"))
+        if reason:
+            warnings.warn(f"--compile: torch.compile is unavailable here ({reason}); measuring without it")
+            args.compile = False
     run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check)
 
 

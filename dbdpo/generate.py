@@ -34,6 +34,7 @@ from .errors import DbdpoError
 from .io import read_json, write_json
 from .prompts.dreambench import PLACEHOLDER
 
+PNG_WRITERS = min(4, os.cpu_count() or 1)  # threads encoding PNGs while the next batch samples
 
 
 def sample_seed(prompt: str, index: int, seed: int) -> int:
@@ -172,61 +173,51 @@ def generate(
         cache.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="dbdpo-png") as writer:
         for k in todo:
-            _generate_shard(backbone, prompts, shards[k], k, images_per_prompt, holder, seed, guidance, steps, eta,
-                            batch_size, out_dir, cache, fingerprint, settings, writer, bar)
+            items = [(p, j) for p in shards[k] for j in range(images_per_prompt)]
+            tmp = out_dir / f".tmp_{_shard_name(k)}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            key = _shard_key(fingerprint, settings, shards[k][0], [prompts[p] for p in shards[k]]) if cache else ""
+            if cache is not None and (cache / key).is_dir():
+                shutil.copytree(cache / key, tmp)
+                os.replace(tmp, out_dir / _shard_name(k))
+                bar.update(len(items))
+                continue
+            tmp.mkdir()
+            latents, meta, pending = [], [], []
+            for b in range(0, len(items), batch_size):
+                chunk = items[b : b + batch_size]
+                texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
+                seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
+                lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
+                images = backbone.decode(lat)
+                _wait(pending)  # at most one batch of PNGs in flight: bounded memory
+                for (p, j), text, s, img in zip(chunk, texts, seeds, images):
+                    name = f"p{p:05d}_{j:03d}.png"
+                    pending.append(writer.submit(img.save, tmp / name))
+                    meta.append({"prompt": prompts[p], "text": text, "prompt_index": p, "sample_index": j,
+                                 "seed": s, "image": name})
+                latents.append(lat)
+                bar.update(len(chunk))
+            _wait(pending)  # the shard moves into place only once every file of it is written
+            save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
+            write_json(tmp / "meta.json", meta)
+            if cache is not None:
+                ctmp = cache / f".tmp_{key}"
+                shutil.rmtree(ctmp, ignore_errors=True)
+                shutil.copytree(tmp, ctmp)
+                if not (cache / key).exists():
+                    os.replace(ctmp, cache / key)
+                shutil.rmtree(ctmp, ignore_errors=True)
+            os.replace(tmp, out_dir / _shard_name(k))
     bar.close()
     barrier()  # every process's shards are in place
     return load_samples(out_dir)
-
-
-PNG_WRITERS = min(4, os.cpu_count() or 1)
 
 
 def _wait(pending: list[Future]) -> None:
     for f in pending:
         f.result()  # re-raises a failed write
     pending.clear()
-
-
-def _generate_shard(backbone, prompts, shard, k, images_per_prompt, holder, seed, guidance, steps, eta, batch_size,
-                    out_dir, cache, fingerprint, settings, writer, bar) -> None:
-    """One shard into a temporary folder, renamed into place once every file of it is written."""
-    items = [(p, j) for p in shard for j in range(images_per_prompt)]
-    tmp = out_dir / f".tmp_{_shard_name(k)}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    key = _shard_key(fingerprint, settings, shard[0], [prompts[p] for p in shard]) if cache else ""
-    if cache is not None and (cache / key).is_dir():
-        shutil.copytree(cache / key, tmp)
-        os.replace(tmp, out_dir / _shard_name(k))
-        bar.update(len(items))
-        return
-    tmp.mkdir()
-    latents, meta, pending = [], [], []
-    for b in range(0, len(items), batch_size):
-        chunk = items[b : b + batch_size]
-        texts = [format_prompt(prompts[p], holder) for p, _ in chunk]
-        seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
-        lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
-        images = backbone.decode(lat)
-        _wait(pending)  # at most one batch of PNGs in flight: bounded memory
-        for (p, j), text, s, img in zip(chunk, texts, seeds, images):
-            name = f"p{p:05d}_{j:03d}.png"
-            pending.append(writer.submit(img.save, tmp / name))
-            meta.append({"prompt": prompts[p], "text": text, "prompt_index": p, "sample_index": j,
-                         "seed": s, "image": name})
-        latents.append(lat)
-        bar.update(len(chunk))
-    _wait(pending)
-    save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
-    write_json(tmp / "meta.json", meta)
-    if cache is not None:
-        ctmp = cache / f".tmp_{key}"
-        shutil.rmtree(ctmp, ignore_errors=True)
-        shutil.copytree(tmp, ctmp)
-        if not (cache / key).exists():
-            os.replace(ctmp, cache / key)
-        shutil.rmtree(ctmp, ignore_errors=True)
-    os.replace(tmp, out_dir / _shard_name(k))
 
 
 def check_sampler(backbone, sampler: str) -> None:

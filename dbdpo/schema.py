@@ -111,6 +111,13 @@ def _backbone_enums():
     return KINDS, SAMPLERS, tuple(_DTYPES)
 
 
+def _compile_backend(x) -> str | None:
+    import torch._dynamo as dynamo
+
+    backends = dynamo.list_backends(exclude_tags=())
+    return None if x in backends else "one of " + ", ".join(backends)
+
+
 @dataclass
 class BackboneSchema:
     name: str = MISSING
@@ -129,7 +136,7 @@ class BackboneSchema:
     compile: bool = False  # sample through torch.compile(unet): 1.31× SD2 generation on an H200 (benchmarks.md)
     compile_mode: Optional[str] = setting(None, _opt(one_of("default", "reduce-overhead", "max-autotune",
                                                             "max-autotune-no-cudagraphs")))
-    compile_backend: str = "inductor"
+    compile_backend: str = setting("inductor", lambda x: _compile_backend(x))
 
 
 @dataclass
