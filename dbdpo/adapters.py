@@ -102,6 +102,7 @@ class Adapter:
     """Base: the full UNet is trainable; nothing to attach, save apart or fuse."""
 
     kind = "full"
+    compile_blocker: str | None = None  # why training cannot run through torch.compile with this adapter
 
     def attach(self, unet: nn.Module) -> None:
         unet.requires_grad_(True)
@@ -137,6 +138,8 @@ class Adapter:
 
 class SVDiff(Adapter):
     kind = "svdiff"
+    # measured on the tiny UNet: a graph break at every weight, then recompiles past dynamo's limit
+    compile_blocker = "SVDiff builds W(δ) once per optimizer step outside autograd, which torch.compile cannot trace"
 
     def __init__(self, lr_1d: float = 1e-6):
         self.lr_1d = lr_1d

@@ -237,6 +237,7 @@ class Backbone:
     num_inference_steps: int
     guidance_scale: float
     compile: bool = False  # sample through torch.compile(unet)
+    compile_training: bool = False  # train (personalization, DPO) through torch.compile of the UNets
     compile_mode: str | None = None  # torch.compile's mode (None: its default; "max-autotune", ...)
     compile_backend: Any = "inductor"  # a name, or a callable backend
     _compiled: Any = field(default=None, repr=False, compare=False)
@@ -244,6 +245,20 @@ class Backbone:
     @property
     def unet(self):
         return self.pipe.unet
+
+    def compile_module(self, module: torch.nn.Module, setting: str, instead: str):
+        """`torch.compile(module)` with this backbone's mode and backend: a wrapper sharing the module's weights (a
+        weight update reaches it without a recompile; its state dict is the module's, prefixed). None where
+        torch.compile cannot run here, after one warning that names `setting` and what runs `instead`."""
+        device = next(module.parameters()).device
+        reason = compile_unavailable(device, self.compile_backend)
+        if reason:
+            warnings.warn(f"{setting}=true: torch.compile is unavailable here ({reason}); {instead} instead "
+                          f"(set {setting}=false to silence this)", stacklevel=3)
+            return None
+        # static shapes: a smaller last batch compiles its own graph rather than turning every later batch's into
+        # a dynamic-shape one
+        return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False)
 
     @contextlib.contextmanager
     def sampling(self):
@@ -253,13 +268,8 @@ class Backbone:
         eager UNet."""
         unet = self.pipe.unet
         if self.compile and (self._compiled is None or self._compiled._orig_mod is not unet):
-            reason = compile_unavailable(unet.device, self.compile_backend)
-            if reason:
-                warnings.warn(f"backbone.compile=true: torch.compile is unavailable here ({reason}); sampling with "
-                              "the eager UNet instead (set backbone.compile=false to silence this)", stacklevel=3)
-                self.compile = False
-            else:
-                self._compiled = torch.compile(unet, mode=self.compile_mode, backend=self.compile_backend)
+            self._compiled = self.compile_module(unet, "backbone.compile", "sampling with the eager UNet")
+            self.compile = self._compiled is not None
         if not self.compile:
             yield self.pipe
             return
@@ -446,5 +456,6 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
         name=name, kind=kind, pipe=pipe, resolution=int(cfg.get("resolution", 512)),
         num_inference_steps=int(cfg.get("num_inference_steps", 50)),
         guidance_scale=float(cfg.get("guidance_scale", 7.5)), compile=bool(cfg.get("compile", False)),
+        compile_training=bool(cfg.get("compile_training", False)),
         compile_mode=cfg.get("compile_mode"), compile_backend=str(cfg.get("compile_backend", "inductor")),
     )

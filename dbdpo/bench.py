@@ -14,6 +14,8 @@ pairs), so a ratio never hides a shortcut; the fast preset makes other samples b
 claims is checked with `verify`). A per-stage breakdown says where our time goes (text encoding, UNet, VAE decode, PNG
 writing, scoring, DPO policy forward/backward, reference forward, data loading). Results go to a table and to
 `results/bench/<date>_<device>.json` (device, versions, date; keys `<stage>_ratio`, `<stage>_ours_per_s`, …).
+`--compile`: ours samples and trains through torch.compile, as `backbone.compile` and `backbone.compile_training`
+run it (the naive loops stay eager, the equality checks stay on); results in `<date>_<device>_compile.json`.
 """
 
 from __future__ import annotations
@@ -62,12 +64,20 @@ def _peak(device: torch.device, fn: Callable) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 1024 ** 3
 
 
-def count_flops(fn: Callable) -> int:
-    """FLOPs of `fn` by torch's flop counter (matmuls and convolutions)."""
+def count_flops(fn: Callable, bb=None) -> int:
+    """FLOPs of `fn` by torch's flop counter (matmuls and convolutions); with the backbone `bb`, its UNet runs
+    uncompiled meanwhile (the counter sees eager operators only)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    saved = (bb.compile, bb.compile_training) if bb is not None else None
+    if bb is not None:
+        bb.compile = bb.compile_training = False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        if bb is not None:
+            bb.compile, bb.compile_training = saved
     return counter.get_total_flops()
 
 
@@ -160,7 +170,7 @@ def bench_generation(bb, n_prompts: int, m: int, batch: int, repeat: int, device
 
     t_ours, t_base = _time(timed(ours), repeat, device), _time(timed(base), repeat, device)
     peak = _peak(device, timed(ours))
-    flops = count_flops(timed(ours))
+    flops = count_flops(timed(ours), bb)
     return _row("generation", "img", n_prompts * m, t_ours, t_base, f"generate, batch {batch}",
                 f"pipeline per prompt (M={m})", peak_gb=peak, max_pixel_diff=int(diff.max()), flops=flops)
 
@@ -330,7 +340,7 @@ def bench_dpo(bb, pairs: int, micro: int, repeat: int, device) -> dict:
 
     t_ours, t_base = _time(ours_step, repeat, device), _time(base_step, repeat, device)
     peak = _peak(device, ours_step)
-    flops = count_flops(ours_step)
+    flops = count_flops(ours_step, bb)
     return _row("dpo", "pair", pairs, t_ours, t_base, f"fused [x_w; x_l], micro-batch {micro}",
                 "PNG re-encode, 4 UNet calls per pair", peak_gb=peak, gradient_relative_difference=rel, flops=flops)
 
@@ -507,9 +517,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(repeat: int = 3, device: str = "cpu", out_dir: str | None = "results/bench", quick: bool = False) -> dict:
+def run(repeat: int = 3, device: str = "cpu", out_dir: str | None = "results/bench", quick: bool = False,
+        compile_unet: bool = False, compile_backend: str = "inductor") -> dict:
+    """`compile_unet`: ours samples and trains through torch.compile (`backbone.compile`,
+    `backbone.compile_training`); the naive loops stay eager."""
     dev = torch.device(device)
     bb, scorer = tiny_setup(dev)
+    bb.compile = bb.compile_training = compile_unet
+    bb.compile_backend = compile_backend
     n, m = (2, 4) if quick else (8, 8)
     micro = 4 if quick else 8
     rows = [
@@ -524,11 +539,16 @@ def run(repeat: int = 3, device: str = "cpu", out_dir: str | None = "results/ben
         rows.append(bench_svdiff(4, repeat))
     parts = breakdown(bb, scorer, batch=n * m, micro=micro, repeat=repeat, device=dev)
     rate = matmul_rate(dev)
+    if compile_unet:
+        for r in rows:
+            if r["stage"] in ("generation", "dpo", "generation_fast"):
+                r["ours"] += f", torch.compile ({compile_backend})"
     for r in rows:  # the fraction of the hardware's limit each side reaches on the same FLOPs
         if "flops" in r:
             r["ours_roofline_fraction"] = r["flops"] / r["ours_s"] / rate
             r["baseline_roofline_fraction"] = r["flops"] / r["baseline_s"] / rate
-    result = {"environment": environment(dev), "repeat": repeat, "matmul_tflop_s": rate / 1e12, "rows": rows,
+    result = {"environment": environment(dev), "repeat": repeat, "matmul_tflop_s": rate / 1e12,
+              "compile": compile_unet, "compile_backend": compile_backend if compile_unet else None, "rows": rows,
               "breakdown_s_per_item": parts, "process_peak_gb": process_peak_gb()}
     for r in rows:
         result[f"{r['stage']}_ratio"] = r["ratio"]
@@ -549,7 +569,8 @@ def run(repeat: int = 3, device: str = "cpu", out_dir: str | None = "results/ben
         out.mkdir(parents=True, exist_ok=True)
         from .io import write_json
 
-        path = write_json(out / f"{result['environment']['date']}_{dev.type}.json", result)
+        path = write_json(out / f"{result['environment']['date']}_{dev.type}{'_compile' * compile_unet}.json",
+                          result)
         print(f"\nwritten: {path}")
     return result
 
@@ -562,9 +583,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/bench", help="folder for the JSON results ('' to skip)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, no SVDiff row (a smoke run)")
+    ap.add_argument("--compile", action="store_true",
+                    help="ours samples and trains through torch.compile (backbone.compile, backbone.compile_training)")
+    ap.add_argument("--compile-backend", default="inductor")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    run(args.repeat, args.device, args.out or None, args.quick)
+    if args.compile:
+        from .backbones import compile_unavailable
+
+        reason = compile_unavailable(torch.device(args.device), args.compile_backend)
+        if reason:
+            raise SystemExit(f"error: --compile: torch.compile is unavailable here ({reason})")
+    run(args.repeat, args.device, args.out or None, args.quick, args.compile, args.compile_backend)
 
 
 if __name__ == "__main__":

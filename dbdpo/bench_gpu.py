@@ -16,7 +16,8 @@ their published configs with random weights (speed does not depend on weight val
 
 `experiments/bench_gpu.sh` runs every measurement in one call of a lent GPU machine.
 
-Options: `--compile` (torch.compile of the UNet, in generation and in the DPO step), `--channels-last`,
+Options: `--compile` (torch.compile of the UNet, in generation and in the DPO step: `backbone.compile` and
+`backbone.compile_training`, as training runs them), `--channels-last`,
 `--models sd2-base`. `--tiny` runs the same code on the tiny backbone on the CPU in seconds (the test suite does,
 so the script cannot rot). Results: a table, and `results/bench/gpu_<date>_<device>[_compile][_channels-last].json`.
 """
@@ -24,7 +25,9 @@ so the script cannot rot). Results: a table, and `results/bench/gpu_<date>_<devi
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -79,7 +82,8 @@ def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
 
 
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
-                dpo: bool = True, parts: bool = True, micros: list[int] | None = None) -> dict:
+                dpo: bool = True, parts: bool = True, micros: list[int] | None = None,
+                compile_backend: str = "inductor", compile_mode: str | None = None) -> dict:
     """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
     roofline `rate`, per-part seconds, and the main setup's minutes per concept from them."""
     import copy
@@ -110,6 +114,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out["unet_calls_per_image"] = calls
     out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
     bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
+    bb.compile_backend, bb.compile_mode = compile_backend, compile_mode
 
     prompts = [f"a photo of [V*] number {i}" for i in range(b)]
     fast_steps = s.get("fast_steps", 20)
@@ -148,6 +153,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(
         device.type, enabled=False)
 
+    last = {}
+
     def step_of(m: int):
         batch = {"latents_w": torch.randn(m, *bb.latent_shape, device=device),
                  "latents_l": torch.randn(m, *bb.latent_shape, device=device),
@@ -158,20 +165,24 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
                 warnings.simplefilter("ignore")
                 loss = module.training_step(batch, 0)
             loss.backward()
+            last["loss"] = loss.detach()
         return micro
 
     micros = micros or [s["micro"]]
     flops = {m: count_flops(step_of(m)) for m in micros}  # on the eager modules
     unet.zero_grad(set_to_none=True)
-    if compile_unet:  # in place: the module, its state dict and the DPO module's references stay as they are
-        unet.compile()
-        ref.compile()
+    bb.compile_training = compile_unet  # the DPO step compiles as training does (`backbone.compile_training`)
     out["dpo"] = []
     for m in micros:
         micro = step_of(m)
+        t0 = time.perf_counter()
+        micro()  # the first call: torch.compile's compilation, when compiling
+        first = time.perf_counter() - t0
         sec = timed(lambda: (micro(), unet.zero_grad(set_to_none=True)), device, repeat=2)
+        # policy = reference (no update yet), so the loss is ln 2 but for the two forwards' rounding (bf16)
         out["dpo"].append({"micro": m, "pairs_s": m / sec, "tflop_per_pair": flops[m] / m / 1e12,
-                           "roofline_fraction": flops[m] / sec / rate})
+                           "roofline_fraction": flops[m] / sec / rate, "first_call_s": first,
+                           "step0_loss_minus_ln2": last["loss"].item() - math.log(2)})
     micro()
     sec_opt = timed(opt.step, device, repeat=2)
     best = max(out["dpo"], key=lambda r: r["pairs_s"])
@@ -193,7 +204,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
 
 
 def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool = False,
-        channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False) -> dict:
+        channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False,
+        micros: list[int] | None = None, compile_backend: str = "inductor", compile_mode: str | None = None) -> dict:
     """`check`: the full-size models on the CPU at 64 px, 2 steps, one image (fp32; SDXL without its DPO step,
     which needs ~50 GB): the GPU run's code path, not its speed."""
     from .bench import environment, matmul_rate
@@ -206,11 +218,13 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
                     for k, v in settings.items()}
     rate = matmul_rate(device, 256 if tiny or check else 8192)
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
+              "compile_backend": compile_backend, "compile_mode": compile_mode,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
     for model, s in settings.items():
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
-                        dpo=not (check and model == "sdxl-base"), micros=s.get("micros"))
+                        dpo=not (check and model == "sdxl-base"), micros=micros or s.get("micros"),
+                        compile_backend=compile_backend, compile_mode=compile_mode)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -222,7 +236,9 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
                 f"generate=fast {r['generation_fast_img_s']:.2f} img/s ({r['generation_fast_speedup']:.2f}×)")
         if "dpo_pairs_s" in r:
             line += "; DPO " + ", ".join(f"micro {d['micro']}: {d['pairs_s']:.1f} pairs/s "
-                                         f"({100 * d['roofline_fraction']:.0f} % of the roofline)" for d in r["dpo"])
+                                         f"({100 * d['roofline_fraction']:.0f} % of the roofline, first call "
+                                         f"{d['first_call_s']:.0f} s, step-0 loss − ln 2 = "
+                                         f"{d['step0_loss_minus_ln2']:.1e})" for d in r["dpo"])
             line += (f"; main setup ≈ {r['main_setup_min']:.0f} min per concept "
                      f"({r['main_setup_fast_min']:.0f} with generate=fast)")
         print(line)
@@ -246,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="*", choices=list(SETTINGS), default=None)
     ap.add_argument("--tiny", action="store_true", help="the tiny backbone on the CPU (a smoke run)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (with --compile)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile's mode (with --compile)")
+    ap.add_argument("--micros", nargs="*", type=int, default=None,
+                    help="the DPO micro-batches (pairs) to time, instead of the model's own")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--check", action="store_true", help="full-size models on the CPU at 64 px: the code path")
     ap.add_argument("--out", default="results/bench")
@@ -255,11 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         from .backbones import compile_unavailable
 
-        reason = compile_unavailable(torch.device("cpu" if args.tiny or args.check else "cuda"))
+        reason = compile_unavailable(torch.device("cpu" if args.tiny or args.check else "cuda"), args.compile_backend)
         if reason:
             warnings.warn(f"--compile: torch.compile is unavailable here ({reason}); measuring without it")
             args.compile = False
-    run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check)
+    run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check, args.micros,
+        args.compile_backend, args.compile_mode)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ class DiffusionDPOModule(UNetTraining):
         self.embed = PromptEmbeddings(backbone)
 
     def mse_pairs(self, unet, noisy, t, cond, target) -> tuple[torch.Tensor, torch.Tensor]:
-        pred = unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
+        pred = self.unet_call(unet)(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
         mse = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
         return mse.chunk(2)
 

@@ -8,6 +8,7 @@ target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-pre
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import torch
@@ -97,6 +98,26 @@ class UNetTraining(L.LightningModule):
         if not hasattr(self, "_groups"):  # used outside a Trainer
             self.setup("fit")
         return self._groups
+
+    def unet_call(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """How training runs `unet`: as is, or with `backbone.compile_training` through `torch.compile(unet)` (the
+        backbone's mode and backend), built once per module and sharing its weights. The wrapper is kept out of the
+        module tree, so state dicts, checkpoints and the reference copy are the eager UNet's."""
+        if not getattr(self.backbone, "compile_training", False):
+            return unet
+        if "_unet_calls" not in self.__dict__:
+            self._unet_calls: dict[int, torch.nn.Module] = {}
+            blocker = self.adapter.compile_blocker
+            if blocker:
+                warnings.warn(f"backbone.compile_training=true: {blocker}; training with the eager UNet instead "
+                              "(sampling still follows backbone.compile; set backbone.compile_training=false to "
+                              "silence this)", stacklevel=2)
+                self.backbone.compile_training = False
+                return unet
+        if id(unet) not in self._unet_calls:  # the wrapper holds `unet`, so its id stays its own
+            compiled = self.backbone.compile_module(unet, "backbone.compile_training", "training with the eager UNet")
+            self._unet_calls[id(unet)] = unet if compiled is None else compiled
+        return self._unet_calls[id(unet)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from .checkpointing import trainable_state
@@ -191,7 +212,7 @@ class DreamBoothModule(UNetTraining):
                               generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         cond = self.condition(prompts, sizes).to(dtype=latents.dtype)
-        pred = self.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
+        pred = self.unet_call(self.unet)(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, t)
         loss = F.mse_loss(pred[:bsz].float(), target[:bsz].float())
         if "class_latents" in batch:

@@ -28,6 +28,7 @@ BAD = [
                                                               "backbone.num_inference_steps"),
     ("backbone.guidance_scale=inf", "backbone.guidance_scale"), ("backbone.dtype=float8", "backbone.dtype"),
     ("backbone.kind=sd3", "backbone.kind"), ("backbone.compile=perhaps", "backbone.compile"),
+    ("backbone.compile_training=perhaps", "backbone.compile_training"),
     ("backbone.compile_mode=fastest", "backbone.compile_mode"),
     ("backbone.compile_backend=turbo", "backbone.compile_backend"), ("backbone.pretrained=/no/such/folder", "backbone.pretrained"),
     ("method.lr=-1", "method.lr"), ("method.lr=nan", "method.lr"), ("method.batch_size=0", "method.batch_size"),

@@ -56,6 +56,25 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
             "generation, one batch end to end (without decode/PNG)", "PNG writing"} <= set(parts)
     assert any(k.startswith("PNG writing, ") and "threads" in k for k in parts)
     assert all(v > 0 for v in parts.values())
+    # fp32 on the CPU: the policy and its reference copy run the same kernels, so the step-0 loss is ln 2
+    assert all(abs(d["step0_loss_minus_ln2"]) < 1e-6 and d["first_call_s"] > 0 for d in m["dpo"])
+
+
+def test_gpu_script_measures_the_compiled_unets_as_training_runs_them(tmp_path):
+    # --compile goes through backbone.compile (generation) and backbone.compile_training (the DPO step); dynamo's
+    # "eager" backend keeps it fast here (inductor's CPU code takes minutes to compile)
+    from torch._dynamo.utils import counters
+
+    from dbdpo.bench_gpu import run
+
+    graphs = counters["stats"]["unique_graphs"]
+    result = run(tiny=True, compile_unet=True, compile_backend="eager", micros=[3], out_dir=str(tmp_path))
+    assert counters["stats"]["unique_graphs"] - graphs >= 3  # sampling, the policy's training step, the reference
+    (m,) = result["models"]
+    assert result["compile"] and result["compile_backend"] == "eager"
+    assert next(tmp_path.glob("gpu_*_tiny_cpu_compile.json"))
+    assert [d["micro"] for d in m["dpo"]] == [3] and m["dpo_pairs_s"] > 0 and m["generation_img_s"] > 0
+    assert abs(m["dpo"][0]["step0_loss_minus_ln2"]) < 1e-6
 
 
 def test_fast_preset_swaps_the_sampler_for_the_dpo_samples_only(tiny_backbone, tmp_path):
@@ -162,3 +181,138 @@ def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_bac
     b = generate(tiny_backbone(), ["a photo of [V*]"], "sks toy", tmp_path / "b", 2, seed=0, progress=False)
     assert torch.equal(a.latents, b.latents) and bb.compile is False
     assert compile_unavailable(torch.device("cpu"), "no-such-backend") == "no backend 'no-such-backend'"
+
+
+NO_TRAINER_LOG = "ignore:You are trying to `self.log\\(\\)`"
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo's compiled code is process-wide and shared by every module whose guards pass: each test starts
+    without another test's graphs (or backend)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def counting_backend(graphs: list, inputs: list | None = None):
+    """A torch.compile backend that records each traced graph (and its example inputs) and runs it as traced
+    (numerically eager)."""
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        if inputs is not None:
+            inputs.append(example_inputs)
+        return gm.forward
+    return backend
+
+
+def dpo_run(bb, kind: str, n_steps: int = 2, on_step=lambda: None):
+    """`n_steps` DPO optimizer steps of one micro-batch each on `bb` (`on_step()` after each): the losses, the last
+    step's gradients and the module."""
+    from dbdpo.adapters import make_adapter
+    from dbdpo.dpo import DiffusionDPOModule
+
+    torch.manual_seed(0)  # LoRA's initialisation
+    adapter = make_adapter({"adapter": {"kind": kind}})
+    if kind != "full":
+        adapter.attach(bb.unet)
+    module = DiffusionDPOModule(bb, adapter=None if kind == "full" else adapter, gradient_checkpointing=True,
+                                lr=1e-3)
+    opt = module.configure_optimizers()["optimizer"]
+    module.adapter.amortize(module.unet, True)
+    g = torch.Generator().manual_seed(1)
+    batch = {"latents_w": torch.randn(2, *bb.latent_shape, generator=g),
+             "latents_l": torch.randn(2, *bb.latent_shape, generator=g), "prompt": ["a photo of [V*]", "a [V*]"]}
+    losses = []
+    for step in range(n_steps):
+        loss = module.training_step(batch, step)
+        loss.backward()
+        module.on_after_backward()
+        module.on_before_optimizer_step(opt)
+        grads = [p.grad.clone() for group in module.trained_groups() for p in group["params"]]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        on_step()
+    module.on_train_end()
+    return losses, grads, module
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+@pytest.mark.parametrize("kind, backbone", [("full", "sd"), ("lora", "sd"), ("full", "sdxl")])
+def test_compile_training_runs_the_dpo_step_through_compiled_unets(tiny_backbone, kind, backbone):
+    # backbone.compile_training=true: the policy (and a full fine-tune's frozen reference) run through
+    # torch.compile(unet), here a counting backend that runs the traced graph as is, so losses and gradients equal
+    # the eager step's exactly; gradient checkpointing traces too; the optimizer's update reaches the compiled UNet
+    # without a recompile; the wrappers stay out of the module tree (same state dict keys)
+    eager_losses, eager_grads, eager = dpo_run(tiny_backbone(kind=backbone), kind)
+    graphs, counts = [], []
+    bb = tiny_backbone(kind=backbone, compile_training=True)
+    bb.compile_backend = counting_backend(graphs)
+    losses, grads, module = dpo_run(bb, kind, on_step=lambda: counts.append(len(graphs)))
+    assert counts[0] >= 2, "the policy and the reference did not go through torch.compile"
+    assert counts[1] == counts[0]  # the second step, after the update: no recompilation
+    assert losses == eager_losses and losses[0] == pytest.approx(0.693147, abs=1e-6) and losses[1] != losses[0]
+    assert len(grads) == len(eager_grads) and all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    assert list(module.state_dict()) == list(eager.state_dict())
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+def test_compile_training_where_it_cannot_run_warns_and_trains_eagerly(tiny_backbone):
+    # SVDiff's per-step W(δ) cannot be traced; an unknown backend cannot run: one warning naming the setting and
+    # the fallback each, then the eager step's numbers
+    eager_losses, _, _ = dpo_run(tiny_backbone(), "svdiff")
+    graphs = []
+    bb = tiny_backbone(compile_training=True)
+    bb.compile_backend = counting_backend(graphs)
+    with pytest.warns(UserWarning, match=r"compile_training=true: SVDiff builds W\(δ\).*eager UNet.*"
+                                         r"backbone.compile_training=false") as caught:
+        losses, _, _ = dpo_run(bb, "svdiff")
+    assert losses == eager_losses and graphs == [] and bb.compile_training is False
+    assert sum("compile_training" in str(w.message) for w in caught) == 1
+    bb = tiny_backbone(compile_training=True, compile_backend="no-such-backend")
+    with pytest.warns(UserWarning, match=r"backbone.compile_training=true: torch.compile is unavailable here "
+                                         r"\(no backend 'no-such-backend'\); training with the eager UNet"):
+        losses, _, _ = dpo_run(bb, "full")
+    assert losses == dpo_run(tiny_backbone(), "full")[0]
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+def test_compile_training_runs_dreambooth_through_the_compiled_unet(tiny_backbone, concept_dir):
+    from dbdpo.concept import Concept, ConceptDataModule
+    from dbdpo.personalize import DreamBoothModule
+
+    dm = ConceptDataModule(Concept("c", "toy", str(concept_dir)), 32, batch_size=2, repeats=2)
+    batch = next(iter(dm.train_dataloader()))
+    graphs, out = [], {}
+    for name, bb in (("eager", tiny_backbone()), ("compiled", tiny_backbone(compile_training=True))):
+        bb.compile_backend = counting_backend(graphs)
+        module = DreamBoothModule(bb)
+        module.setup("fit")
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        out[name] = (loss.item(), [p.grad.clone() for p in bb.unet.parameters()])
+    assert graphs and out["compiled"][0] == out["eager"][0]
+    assert all(torch.equal(a, b) for a, b in zip(out["compiled"][1], out["eager"][1]))
+
+
+@pytest.mark.filterwarnings(NO_TRAINER_LOG)
+def test_compile_training_keeps_static_shapes_when_the_last_micro_batch_is_smaller(tiny_backbone):
+    # an epoch's last micro-batch is short: it gets a graph of its own, and the full-size graph stays static
+    # (automatic dynamic shapes would make every later step run a symbolic-shape graph)
+    from dbdpo.dpo import DiffusionDPOModule
+
+    graphs, inputs = [], []
+    bb = tiny_backbone(compile_training=True)
+    bb.compile_backend = counting_backend(graphs, inputs)
+    module = DiffusionDPOModule(bb)
+    for m in (2, 1, 2):
+        batch = {"latents_w": torch.randn(m, *bb.latent_shape), "latents_l": torch.randn(m, *bb.latent_shape),
+                 "prompt": ["a [V*]"] * m}
+        module.training_step(batch, 0).backward()
+    n = len(graphs)
+    assert n >= 4  # policy and reference, at 2 and at 1 pair
+    assert not any(isinstance(x, torch.SymInt) or (isinstance(x, torch.Tensor) and any(
+        isinstance(d, torch.SymInt) for d in x.shape)) for ex in inputs for x in ex)
+    module.training_step(batch, 0).backward()
+    assert len(graphs) == n
