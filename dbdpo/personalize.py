@@ -116,7 +116,10 @@ class UNetTraining(L.LightningModule):
                 return unet
         if id(unet) not in self._unet_calls:  # the wrapper holds `unet`, so its id stays its own
             compiled = self.backbone.compile_module(unet, "backbone.compile_training", "training with the eager UNet")
-            self._unet_calls[id(unet)] = unet if compiled is None else compiled
+            if compiled is None:  # warned once; later modules and stages train eagerly without another warning
+                self.backbone.compile_training = False
+                return unet
+            self._unet_calls[id(unet)] = compiled
         return self._unet_calls[id(unet)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -272,9 +272,10 @@ def test_compile_training_where_it_cannot_run_warns_and_trains_eagerly(tiny_back
     assert sum("compile_training" in str(w.message) for w in caught) == 1
     bb = tiny_backbone(compile_training=True, compile_backend="no-such-backend")
     with pytest.warns(UserWarning, match=r"backbone.compile_training=true: torch.compile is unavailable here "
-                                         r"\(no backend 'no-such-backend'\); training with the eager UNet"):
-        losses, _, _ = dpo_run(bb, "full")
+                                         r"\(no backend 'no-such-backend'\); training with the eager UNet") as caught:
+        losses, _, _ = dpo_run(bb, "full")  # the policy and its reference: one warning
     assert losses == dpo_run(tiny_backbone(), "full")[0]
+    assert sum("compile_training" in str(w.message) for w in caught) == 1 and bb.compile_training is False
 
 
 @pytest.mark.filterwarnings(NO_TRAINER_LOG)
