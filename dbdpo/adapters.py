@@ -69,9 +69,14 @@ class SpectralShift(nn.Module):
         if not (self.amortized and torch.is_grad_enabled()):
             return self._shifted(original)
         if self.leaf is None:
+            self.build_leaf(original)
+        return self.leaf
+
+    def build_leaf(self, original: torch.Tensor) -> None:
+        """While amortized: W(δ) as this optimizer step's leaf, if not built yet."""
+        if self.amortized and self.leaf is None:
             with torch.no_grad():
                 self.leaf = self._shifted(original).requires_grad_(True)
-        return self.leaf
 
     def project_grad(self, keep_leaf: bool = False) -> None:
         """Move the accumulated ∂L/∂W onto δ (adding to any gradient δ already has); drop the leaf unless
@@ -102,7 +107,6 @@ class Adapter:
     """Base: the full UNet is trainable; nothing to attach, save apart or fuse."""
 
     kind = "full"
-    compile_blocker: str | None = None  # why training cannot run through torch.compile with this adapter
 
     def attach(self, unet: nn.Module) -> None:
         unet.requires_grad_(True)
@@ -129,6 +133,10 @@ class Adapter:
     def amortize(self, unet: nn.Module, on: bool) -> None:
         """Switch per-optimizer-step weight building on or off while training (SVDiff)."""
 
+    def before_forward(self, unet: nn.Module) -> None:
+        """Called before a training forward that torch.compile traces: state built per optimizer step is made
+        here, outside the traced region."""
+
     def after_backward(self, unet: nn.Module) -> None:
         """Called after every backward pass (each micro-batch)."""
 
@@ -138,8 +146,6 @@ class Adapter:
 
 class SVDiff(Adapter):
     kind = "svdiff"
-    # measured on the tiny UNet: a graph break at every weight, then recompiles past dynamo's limit
-    compile_blocker = "SVDiff builds W(δ) once per optimizer step outside autograd, which torch.compile cannot trace"
 
     def __init__(self, lr_1d: float = 1e-6):
         self.lr_1d = lr_1d
@@ -164,6 +170,15 @@ class SVDiff(Adapter):
         """Build W(δ) once per optimizer step while training (see `SpectralShift`)."""
         for _, p in _shifted(unet):
             p.amortized, p.leaf = on, None
+
+    def before_forward(self, unet: nn.Module) -> None:
+        """This step's W(δ) leaves, built before the forward: created inside a compiled forward they would break
+        its graph at every weight (measured: a break per weight and recompiles past dynamo's limit)."""
+        for module in unet.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                for p in module.parametrizations.weight:
+                    if isinstance(p, SpectralShift):
+                        p.build_leaf(module.parametrizations.weight.original)
 
     def after_backward(self, unet: nn.Module) -> None:
         for _, p in _shifted(unet):

@@ -8,7 +8,6 @@ target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-pre
 from __future__ import annotations
 
 import math
-import warnings
 
 import lightning as L
 import torch
@@ -105,22 +104,15 @@ class UNetTraining(L.LightningModule):
         module tree, so state dicts, checkpoints and the reference copy are the eager UNet's."""
         if not getattr(self.backbone, "compile_training", False):
             return unet
-        if "_unet_calls" not in self.__dict__:
-            self._unet_calls: dict[int, torch.nn.Module] = {}
-            blocker = self.adapter.compile_blocker
-            if blocker:
-                warnings.warn(f"backbone.compile_training=true: {blocker}; training with the eager UNet instead "
-                              "(sampling still follows backbone.compile; set backbone.compile_training=false to "
-                              "silence this)", stacklevel=2)
-                self.backbone.compile_training = False
-                return unet
-        if id(unet) not in self._unet_calls:  # the wrapper holds `unet`, so its id stays its own
+        calls = self.__dict__.setdefault("_unet_calls", {})
+        if id(unet) not in calls:  # the wrapper holds `unet`, so its id stays its own
             compiled = self.backbone.compile_module(unet, "backbone.compile_training", "training with the eager UNet")
             if compiled is None:  # warned once; later modules and stages train eagerly without another warning
                 self.backbone.compile_training = False
                 return unet
-            self._unet_calls[id(unet)] = compiled
-        return self._unet_calls[id(unet)]
+            calls[id(unet)] = compiled
+        self.adapter.before_forward(unet)
+        return calls[id(unet)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from .checkpointing import trainable_state
