@@ -246,10 +246,17 @@ class Backbone:
     def unet(self):
         return self.pipe.unet
 
-    def compile_module(self, module: torch.nn.Module, setting: str, instead: str):
+    def compile_module(self, module: torch.nn.Module, setting: str, instead: str, eager_rounding: bool = False):
         """`torch.compile(module)` with this backbone's mode and backend: a wrapper sharing the module's weights (a
         weight update reaches it without a recompile; its state dict is the module's, prefixed). None where
-        torch.compile cannot run here, after one warning that names `setting` and what runs `instead`."""
+        torch.compile cannot run here, after one warning that names `setting` and what runs `instead`.
+
+        `eager_rounding`: inductor rounds to bf16/fp16 after every operator as eager does, instead of once per fused
+        kernel (`emulate_precision_casts`). Diffusion-DPO needs it: its policy (a training graph) and reference (an
+        inference graph) fuse differently, and at β = 5000 their different roundings moved the step-0 loss up to
+        0.26 from ln 2 in bf16 (tiny UNet, CPU); with it they agree to the bit, as eager ones do."""
+        import torch._inductor.config as inductor_config
+
         device = next(module.parameters()).device
         reason = compile_unavailable(device, self.compile_backend)
         if reason:
@@ -258,6 +265,12 @@ class Backbone:
             return None
         # static shapes: a smaller last batch compiles its own graph rather than turning every later batch's into
         # a dynamic-shape one
+        inductor = self.compile_backend == "inductor"
+        if eager_rounding and inductor and hasattr(inductor_config, "emulate_precision_casts"):
+            from torch._inductor import list_mode_options
+
+            options = {**list_mode_options(self.compile_mode or "default"), "emulate_precision_casts": True}
+            return torch.compile(module, backend="inductor", options=options, dynamic=False)
         return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False)
 
     @contextlib.contextmanager

@@ -106,7 +106,8 @@ class UNetTraining(L.LightningModule):
             return unet
         calls = self.__dict__.setdefault("_unet_calls", {})
         if id(unet) not in calls:  # the wrapper holds `unet`, so its id stays its own
-            compiled = self.backbone.compile_module(unet, "backbone.compile_training", "training with the eager UNet")
+            compiled = self.backbone.compile_module(unet, "backbone.compile_training", "training with the eager UNet",
+                                                    eager_rounding=True)
             if compiled is None:  # warned once; later modules and stages train eagerly without another warning
                 self.backbone.compile_training = False
                 return unet
