@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 
 from .errors import ConfigError, DbdpoError
 
+log = logging.getLogger(__name__)
 KINDS = ("sd", "sdxl")
 SAMPLERS = ("PNDMScheduler", "EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
             "EulerAncestralDiscreteScheduler", "DDPMScheduler", "UniPCMultistepScheduler")
@@ -263,6 +265,8 @@ class Backbone:
             warnings.warn(f"{setting}=true: torch.compile is unavailable here ({reason}); {instead} instead "
                           f"(set {setting}=false to silence this)", stacklevel=3)
             return None
+        log.info("%s: %s compiles at its first call (backend %s; inductor takes minutes there)", setting,
+                 type(module).__name__, self.compile_backend)
         # static shapes: a smaller last batch compiles its own graph rather than turning every later batch's into
         # a dynamic-shape one
         inductor = self.compile_backend == "inductor"
