@@ -468,6 +468,8 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
         if sampler not in SAMPLERS or not hasattr(diffusers, sampler):
             raise ConfigError(f"unknown backbone.sampler '{sampler}'; expected one of {SAMPLERS}.")
         pipe.scheduler = getattr(diffusers, sampler).from_config(pipe.scheduler.config)
+    if cfg.get("channels_last", False):  # NHWC convolutions: training, sampling, the reference copy inherit it
+        pipe.unet.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return BACKBONES[kind](
         name=name, kind=kind, pipe=pipe, resolution=int(cfg.get("resolution", 512)),

@@ -96,7 +96,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out: dict = {"model": model, **s}
     bb = backbone_for(model, s, device, dtype)
     unet = bb.unet
-    if channels_last:
+    if channels_last:  # as backbone.channels_last=true does
         unet.to(memory_format=torch.channels_last)
 
     # UNet FLOPs per image: one forward of the CFG batch (2 rows per image) × the sampler's UNet calls

@@ -29,6 +29,7 @@ BAD = [
     ("backbone.guidance_scale=inf", "backbone.guidance_scale"), ("backbone.dtype=float8", "backbone.dtype"),
     ("backbone.kind=sd3", "backbone.kind"), ("backbone.compile=perhaps", "backbone.compile"),
     ("backbone.compile_training=perhaps", "backbone.compile_training"),
+    ("backbone.channels_last=perhaps", "backbone.channels_last"),
     ("backbone.compile_mode=fastest", "backbone.compile_mode"),
     ("backbone.compile_backend=turbo", "backbone.compile_backend"), ("backbone.pretrained=/no/such/folder", "backbone.pretrained"),
     ("method.lr=-1", "method.lr"), ("method.lr=nan", "method.lr"), ("method.batch_size=0", "method.batch_size"),
