@@ -35,11 +35,11 @@ import torch
 
 ORIGINAL_IMG_S = 2.8  # the original implementation on one H100 (≈ 2.5 h per concept)
 # micros: the DPO micro-batches (pairs) timed; the fastest sets the main setup's DPO time
-SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16, "micro": 8,
+SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16,
                          "micros": [8, 16], "fast_steps": 20},
-            "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8, "micro": 2,
+            "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8,
                           "micros": [2, 4], "fast_steps": 20}}
-TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4, "micro": 2,
+TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4,
                  "micros": [2, 4], "fast_steps": 2}}
 MAIN_SETUP = {"images": 1000 * 10, "dpo_pairs": 500 * 256}
 
@@ -168,7 +168,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
             last["loss"] = loss.detach()
         return micro
 
-    micros = micros or [s["micro"]]
+    micros = micros or s["micros"]
     flops = {m: count_flops(step_of(m)) for m in micros}  # on the eager modules
     unet.zero_grad(set_to_none=True)
     bb.compile_training = compile_unet  # the DPO step compiles as training does (`backbone.compile_training`)
@@ -214,7 +214,7 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     dtype = torch.float32 if tiny or check else torch.bfloat16
     settings = TINY if tiny else {k: v for k, v in SETTINGS.items() if not models or k in models}
     if check:
-        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micro": 1, "micros": [1], "fast_steps": 2}
+        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micros": [1], "fast_steps": 2}
                     for k, v in settings.items()}
     rate = matmul_rate(device, 256 if tiny or check else 8192)
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
@@ -223,7 +223,7 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
     for model, s in settings.items():
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
-                        dpo=not (check and model == "sdxl-base"), micros=micros or s.get("micros"),
+                        dpo=not (check and model == "sdxl-base"), micros=micros,
                         compile_backend=compile_backend, compile_mode=compile_mode)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
