@@ -83,9 +83,10 @@ def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
 
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
                 dpo: bool = True, parts: bool = True, micros: list[int] | None = None,
-                compile_backend: str = "inductor", compile_mode: str | None = None) -> dict:
+                compile_backend: str = "inductor", compile_mode: str | None = None, save=None) -> dict:
     """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
-    roofline `rate`, per-part seconds, and the main setup's minutes per concept from them."""
+    roofline `rate`, per-part seconds, and the main setup's minutes per concept from them. `save(out)` is called
+    after each measurement with what is known so far (a run cut short by a time limit keeps it)."""
     import copy
     import shutil
 
@@ -94,6 +95,13 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     from .generate import generate
 
     out: dict = {"model": model, **s}
+    t_start = time.perf_counter()
+
+    def done(what: str) -> None:
+        print(f"  {model}: {what} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        if save is not None:
+            save(out)
+
     bb = backbone_for(model, s, device, dtype)
     unet = bb.unet
     if channels_last:  # as backbone.channels_last=true does
@@ -113,6 +121,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     calls = len(sched.timesteps)  # PNDM: 51 UNet calls for 50 steps
     out["unet_calls_per_image"] = calls
     out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
+    done("built, UNet FLOPs counted")
     bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
     bb.compile_backend, bb.compile_mode = compile_backend, compile_mode
 
@@ -127,17 +136,20 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
             return go
 
         sec = timed(gen(), device, repeat=2)
+        out["generation_img_s"] = b / sec
+        out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
+        out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
+        done(f"generation {out['generation_img_s']:.2f} img/s")
         sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
                          repeat=2)
-    out["generation_img_s"] = b / sec
-    out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
-    out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
     out["generation_fast_img_s"] = b / sec_fast
     out["generation_fast_steps"] = fast_steps
     out["generation_fast_speedup"] = sec / sec_fast
     out["generation_fast_roofline_fraction"] = (flops_fwd * fast_steps * out["generation_fast_img_s"] / rate)
+    done(f"generate=fast {out['generation_fast_img_s']:.2f} img/s")
     if parts:
         out["generation_parts_s_per_image"] = generation_parts(bb, b, calls, device)
+        done("generation's parts")
     if not dpo:
         return out
     if device.type == "cuda":
@@ -183,6 +195,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
         out["dpo"].append({"micro": m, "pairs_s": m / sec, "tflop_per_pair": flops[m] / m / 1e12,
                            "roofline_fraction": flops[m] / sec / rate, "first_call_s": first,
                            "step0_loss_minus_ln2": last["loss"].item() - math.log(2)})
+        done(f"DPO micro-batch {m}: {m / sec:.1f} pairs/s, first call {first:.0f} s")
     micro()
     sec_opt = timed(opt.step, device, repeat=2)
     best = max(out["dpo"], key=lambda r: r["pairs_s"])
@@ -221,10 +234,24 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
               "compile_backend": compile_backend, "compile_mode": compile_mode,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
+
+    def write(models_so_far: list[dict]) -> Path:
+        """The JSON with the models measured so far (a run cut short keeps what it measured)."""
+        from .io import write_json
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        name = "tiny_cpu" if tiny else "check_cpu" if check else torch.cuda.get_device_name(device).replace(" ", "_")
+        name += "_compile" * compile_unet + "_channels-last" * channels_last
+        return write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json",
+                          {**result, "models": models_so_far})
     for model, s in settings.items():
+        def save(partial: dict, done: list = list(result["models"])) -> None:
+            if out_dir:
+                write(done + [{**partial, "partial": True}])
+
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
                         dpo=not (check and model == "sdxl-base"), micros=micros,
-                        compile_backend=compile_backend, compile_mode=compile_mode)
+                        compile_backend=compile_backend, compile_mode=compile_mode, save=save)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -244,15 +271,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         print(line)
         for part, sec in r.get("generation_parts_s_per_image", {}).items():
             print(f"    {part}: {1000 * sec:.1f} ms per image")
-        if out_dir:  # after each model: a run cut short keeps what it measured
-            from .io import write_json
-
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            name = ("tiny_cpu" if tiny else "check_cpu" if check
-                    else torch.cuda.get_device_name(device).replace(" ", "_"))
-            name += "_compile" * compile_unet + "_channels-last" * channels_last
-            path = write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json", result)
-            print(f"written: {path}")
+        if out_dir:
+            print(f"written: {write(result['models'])}")
     return result
 
 

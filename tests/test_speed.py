@@ -38,7 +38,7 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     saved = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu.json")).read_text())
     assert saved["matmul_tflop_s"] > 0
     (m,) = saved["models"]
-    assert m["model"] == "tiny" and m == result["models"][0]
+    assert m["model"] == "tiny" and m == result["models"][0] and "partial" not in m
     for key in ("generation_img_s", "unet_tflop_per_image", "generation_roofline_fraction", "dpo_pairs_s",
                 "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
         assert m[key] > 0, key
@@ -58,6 +58,25 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     assert all(v > 0 for v in parts.values())
     # fp32 on the CPU: the policy and its reference copy run the same kernels, so the step-0 loss is ln 2
     assert all(abs(d["step0_loss_minus_ln2"]) < 1e-6 and d["first_call_s"] > 0 for d in m["dpo"])
+
+
+def test_gpu_script_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
+    # the device tool's time limit kills the script mid-model: generation's numbers, written as soon as measured,
+    # must survive an interruption of the DPO step
+    import dbdpo.dpo
+    from dbdpo.bench_gpu import run
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+    monkeypatch.setattr(dbdpo.dpo.DiffusionDPOModule, "training_step", killed)
+    with pytest.raises(Killed):
+        run(tiny=True, out_dir=str(tmp_path))
+    (m,) = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu.json")).read_text())["models"]
+    assert m["partial"] and m["generation_img_s"] > 0 and m["generation_fast_img_s"] > 0
+    assert "generation_parts_s_per_image" in m and "dpo" not in m
 
 
 def test_gpu_script_measures_the_compiled_unets_as_training_runs_them(tmp_path):
