@@ -34,13 +34,15 @@ from pathlib import Path
 import torch
 
 ORIGINAL_IMG_S = 2.8  # the original implementation on one H100 (≈ 2.5 h per concept)
+# batch: generation's batch; shards: generation is timed over this many shards of one batch each (a shard's PNGs
+# and files are finished while the next one samples, so one shard alone would time what a run overlaps);
 # micros: the DPO micro-batches (pairs) timed; the fastest sets the main setup's DPO time
 SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16,
-                         "micros": [8, 16], "fast_steps": 20},
+                         "shards": 3, "micros": [8, 16], "fast_steps": 20},
             "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8,
-                          "micros": [2, 4], "fast_steps": 20}}
+                          "shards": 2, "micros": [2, 4], "fast_steps": 20}}
 TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4,
-                 "micros": [2, 4], "fast_steps": 2}}
+                 "shards": 2, "micros": [2, 4], "fast_steps": 2}}
 MAIN_SETUP = {"images": 1000 * 10, "dpo_pairs": 500 * 256}
 
 
@@ -83,7 +85,8 @@ def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
 
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
                 dpo: bool = True, parts: bool = True, micros: list[int] | None = None,
-                compile_backend: str = "inductor", compile_mode: str | None = None, save=None) -> dict:
+                compile_backend: str = "inductor", compile_mode: str | None = None, save=None,
+                generation_only: bool = False) -> dict:
     """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
     roofline `rate`, per-part seconds, and the main setup's minutes per concept from them. `save(out)` is called
     after each measurement with what is known so far (a run cut short by a time limit keeps it)."""
@@ -125,7 +128,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
     bb.compile_backend, bb.compile_mode = compile_backend, compile_mode
 
-    prompts = [f"a photo of [V*] number {i}" for i in range(b)]
+    n = b * s.get("shards", 1)
+    prompts = [f"a photo of [V*] number {i}" for i in range(n)]
     fast_steps = s.get("fast_steps", 20)
     with tempfile.TemporaryDirectory() as d:
         def gen(**kw):
@@ -135,13 +139,16 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
                          progress=False, **kw)
             return go
 
-        sec = timed(gen(), device, repeat=2)
+        sec = timed(gen(), device, repeat=2) / n * b  # seconds per batch
         out["generation_img_s"] = b / sec
         out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
         out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
         done(f"generation {out['generation_img_s']:.2f} img/s")
-        sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
-                         repeat=2)
+        if not generation_only:
+            sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
+                             repeat=2) / n * b
+    if generation_only:
+        return out
     out["generation_fast_img_s"] = b / sec_fast
     out["generation_fast_steps"] = fast_steps
     out["generation_fast_speedup"] = sec / sec_fast
@@ -218,7 +225,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
 
 def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool = False,
         channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False,
-        micros: list[int] | None = None, compile_backend: str = "inductor", compile_mode: str | None = None) -> dict:
+        micros: list[int] | None = None, compile_backend: str = "inductor", compile_mode: str | None = None,
+        batch: int | None = None, generation_only: bool = False) -> dict:
     """`check`: the full-size models on the CPU at 64 px, 2 steps, one image (fp32; SDXL without its DPO step,
     which needs ~50 GB): the GPU run's code path, not its speed."""
     from .bench import environment, matmul_rate
@@ -227,10 +235,13 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     dtype = torch.float32 if tiny or check else torch.bfloat16
     settings = TINY if tiny else {k: v for k, v in SETTINGS.items() if not models or k in models}
     if check:
-        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "micros": [1], "fast_steps": 2}
+        settings = {k: {**v, "resolution": 64, "steps": 2, "batch": 1, "shards": 1, "micros": [1], "fast_steps": 2}
                     for k, v in settings.items()}
+    if batch:
+        settings = {k: {**v, "batch": batch} for k, v in settings.items()}
     rate = matmul_rate(device, 256 if tiny or check else 8192)
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
+              "generation_only": generation_only,
               "compile_backend": compile_backend, "compile_mode": compile_mode,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
@@ -241,7 +252,9 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         name = "tiny_cpu" if tiny else "check_cpu" if check else torch.cuda.get_device_name(device).replace(" ", "_")
-        name += "_compile" * compile_unet + "_channels-last" * channels_last
+        name += ("_compile" * compile_unet + (f"_{compile_mode}" if compile_unet and compile_mode else "")
+                 + "_channels-last" * channels_last + (f"_batch{batch}" if batch else "")
+                 + "_generation" * generation_only)
         return write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json",
                           {**result, "models": models_so_far})
     for model, s in settings.items():
@@ -251,7 +264,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
 
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
                         dpo=not (check and model == "sdxl-base"), micros=micros,
-                        compile_backend=compile_backend, compile_mode=compile_mode, save=save)
+                        compile_backend=compile_backend, compile_mode=compile_mode, save=save,
+                        generation_only=generation_only)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -259,8 +273,9 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
             torch.cuda.empty_cache()
         result["models"].append(r)
         line = (f"{model}: generation {r['generation_img_s']:.2f} img/s ({r['generation_vs_original']:.2f}× the "
-                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline; "
-                f"generate=fast {r['generation_fast_img_s']:.2f} img/s ({r['generation_fast_speedup']:.2f}×)")
+                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline")
+        if "generation_fast_img_s" in r:
+            line += f"; generate=fast {r['generation_fast_img_s']:.2f} img/s ({r['generation_fast_speedup']:.2f}×)"
         if "dpo_pairs_s" in r:
             line += "; DPO " + ", ".join(f"micro {d['micro']}: {d['pairs_s']:.1f} pairs/s "
                                          f"({100 * d['roofline_fraction']:.0f} % of the roofline, first call "
@@ -287,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--micros", nargs="*", type=int, default=None,
                     help="the DPO micro-batches (pairs) to time, instead of the model's own")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--batch", type=int, default=None, help="generation's batch, instead of the model's own")
+    ap.add_argument("--generation-only", action="store_true",
+                    help="generation with the model's sampler only (no generate=fast, parts or DPO step)")
     ap.add_argument("--check", action="store_true", help="full-size models on the CPU at 64 px: the code path")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
@@ -300,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.warn(f"--compile: torch.compile is unavailable here ({reason}); measuring without it")
             args.compile = False
     run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check, args.micros,
-        args.compile_backend, args.compile_mode)
+        args.compile_backend, args.compile_mode, args.batch, args.generation_only)
 
 
 if __name__ == "__main__":

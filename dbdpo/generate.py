@@ -171,7 +171,11 @@ def generate(
     fingerprint = model_fingerprint(backbone) if cache is not None else ""
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="dbdpo-png") as writer:
+    # PNGs are encoded on `writer`'s threads while the next batch samples; a shard is finished (its last PNGs
+    # awaited, latents and meta written, moved into place) on `finisher` while the next shard samples
+    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="dbdpo-png") as writer, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbdpo-shard") as finisher:
+        finishing: list[Future] = []
         for k in todo:
             items = [(p, j) for p in shards[k] for j in range(images_per_prompt)]
             tmp = out_dir / f".tmp_{_shard_name(k)}"
@@ -190,7 +194,7 @@ def generate(
                 seeds = [sample_seed(prompts[p], j, seed) for p, j in chunk]
                 lat = _generate_batch(backbone, texts, seeds, guidance, steps, eta)
                 images = backbone.decode(lat)
-                _wait(pending)  # at most one batch of PNGs in flight: bounded memory
+                _wait(pending)  # at most one batch of this shard's PNGs in flight: bounded memory
                 for (p, j), text, s, img in zip(chunk, texts, seeds, images):
                     name = f"p{p:05d}_{j:03d}.png"
                     pending.append(writer.submit(img.save, tmp / name))
@@ -198,20 +202,30 @@ def generate(
                                  "seed": s, "image": name})
                 latents.append(lat)
                 bar.update(len(chunk))
-            _wait(pending)  # the shard moves into place only once every file of it is written
-            save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
-            write_json(tmp / "meta.json", meta)
-            if cache is not None:
-                ctmp = cache / f".tmp_{key}"
-                shutil.rmtree(ctmp, ignore_errors=True)
-                shutil.copytree(tmp, ctmp)
-                if not (cache / key).exists():
-                    os.replace(ctmp, cache / key)
-                shutil.rmtree(ctmp, ignore_errors=True)
-            os.replace(tmp, out_dir / _shard_name(k))
+            _wait(finishing)  # the previous shard is in place (and any failure of it raised) before this one
+            finishing.append(finisher.submit(_finish_shard, tmp, out_dir / _shard_name(k), pending, latents, meta,
+                                             cache / key if cache is not None else None))
+        _wait(finishing)
     bar.close()
     barrier()  # every process's shards are in place
     return load_samples(out_dir)
+
+
+def _finish_shard(tmp: Path, final: Path, pending: list[Future], latents: list[torch.Tensor], meta: list[dict],
+                  cached: Path | None) -> None:
+    """Once every PNG of the shard is written: its latents and meta, a copy into the cache, then the shard moves
+    into place (a shard directory exists only complete)."""
+    _wait(pending)
+    save_file({"latents": torch.cat(latents).contiguous()}, str(tmp / "latents.safetensors"))
+    write_json(tmp / "meta.json", meta)
+    if cached is not None:
+        ctmp = cached.with_name(f".tmp_{cached.name}")
+        shutil.rmtree(ctmp, ignore_errors=True)
+        shutil.copytree(tmp, ctmp)
+        if not cached.exists():
+            os.replace(ctmp, cached)
+        shutil.rmtree(ctmp, ignore_errors=True)
+    os.replace(tmp, final)
 
 
 def _wait(pending: list[Future]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,35 @@ def test_png_writer_threads_write_the_same_files_and_a_failed_write_leaves_no_sh
     monkeypatch.setattr(Image.Image, "save", real_save)
     again = run(backbone, out, batch_size=2, prompts_per_shard=2)
     assert [p.read_bytes() for p in again.images] == [p.read_bytes() for p in serial.images]
+
+
+def test_a_shard_is_finished_while_the_next_one_samples(backbone, tmp_path, monkeypatch):
+    # shard 0's last PNGs, latents and move into place run on the finisher thread while shard 1 samples, and the
+    # result is the serial run's, byte for byte
+    import threading
+
+    import dbdpo.generate as gen
+
+    serial = run(backbone, tmp_path / "serial", batch_size=2, prompts_per_shard=1)
+    real_batch, real_save = gen._generate_batch, Image.Image.save
+    second_shard_sampling, seen = threading.Event(), []
+
+    def batch(*a, **k):
+        if len(seen) >= M // 2:  # shard 0 (one prompt, M images) takes M / 2 batches of 2
+            second_shard_sampling.set()
+        seen.append(1)
+        return real_batch(*a, **k)
+
+    def save(self, fp, *a, **k):
+        if Path(fp).parent.name == ".tmp_shard_00000":
+            waited.append(second_shard_sampling.wait(timeout=30))
+        return real_save(self, fp, *a, **k)
+
+    waited = []
+    monkeypatch.setattr(gen, "_generate_batch", batch)
+    monkeypatch.setattr(Image.Image, "save", save)
+    overlapped = run(backbone, tmp_path / "overlapped", batch_size=2, prompts_per_shard=1)
+    assert waited and all(waited)  # shard 0's writes could wait for shard 1's sampling to begin
+    assert [p.read_bytes() for p in overlapped.images] == [p.read_bytes() for p in serial.images]
+    assert [p.name for p in sorted((tmp_path / "overlapped").iterdir())] == \
+        [p.name for p in sorted((tmp_path / "serial").iterdir())]

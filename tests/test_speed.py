@@ -60,6 +60,15 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     assert all(abs(d["step0_loss_minus_ln2"]) < 1e-6 and d["first_call_s"] > 0 for d in m["dpo"])
 
 
+def test_gpu_script_generation_only_at_another_batch(tmp_path):
+    from dbdpo.bench_gpu import run
+
+    result = run(tiny=True, out_dir=str(tmp_path), batch=3, generation_only=True)
+    (m,) = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu_batch3_generation.json")).read_text())["models"]
+    assert m == result["models"][0] and m["batch"] == 3 and m["generation_img_s"] > 0
+    assert not {"generation_fast_img_s", "generation_parts_s_per_image", "dpo"} & set(m)
+
+
 def test_gpu_script_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
     # the device tool's time limit kills the script mid-model: generation's numbers, written as soon as measured,
     # must survive an interruption of the DPO step
