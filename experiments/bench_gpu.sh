@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 26 in one call of the device tool (≈ 8 min on an H200, inside the 8 the issue
-# allows): SD2 eager (generation with the default sampler and generate=fast, where generation's time goes, DPO
-# micro-batches of 8 and 16 pairs), then SD2 with torch.compile + channels-last (backbone.compile in generation,
-# backbone.compile_training in the DPO step at 16 pairs, with its compile time and the step-0 loss's distance from
-# ln 2), then SDXL eager while time is left. Each measurement is written to its JSON as soon as it is made
-# ("partial": true until the model is done), so a run cut short keeps what it has. From the repo root, with the
-# wheels of experiments/gpu_wheels.sh carried in .whl/:
+# allows), the least-known first. SD2 eager and SD2 compiled were measured on 2026-12-04 (benchmarks.md); next:
+# SDXL with torch.compile + channels-last (its defaults now: backbone.compile in generation; backbone.compile_training
+# in the DPO step at 2 pairs, with its compile time and the step-0 loss's distance from ln 2), then SD2's compiled
+# generation again (a second sample of the figure, with matmul_rate's steadier roofline). Each measurement is
+# written to its JSON as soon as it is made ("partial": true until the model is done), so a run cut short keeps what
+# it has. From the repo root, with the wheels of experiments/gpu_wheels.sh carried in .whl/:
 #     device run: bash experiments/bench_gpu.sh $OUT      (carry: [".whl"], timeout_s ≈ 540)
 # then copy $OUT's JSON and logs into results/bench/ and the table into experiments/benchmarks.md.
 set -uo pipefail
@@ -19,13 +19,10 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/smi.txt" 2>&1
 quiet() { grep -v -E "kept in float32|Dynamo|originates from|upsampling.py|warn_once|is_torch_version|^$"; }
-timeout 170 python3 -m dbdpo.bench_gpu --models sd2-base --out "$out" 2>&1 | quiet | tee "$out/eager.log"
-echo "sd2 eager done at ${SECONDS}s"
-timeout $((480 - SECONDS)) python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last --micros 16 \
-  --out "$out" 2>&1 | quiet | tee "$out/compile.log"
-echo "sd2 compiled done at ${SECONDS}s"
-if [ "$SECONDS" -lt 330 ]; then
-  timeout $((500 - SECONDS)) python3 -m dbdpo.bench_gpu --models sdxl-base --out "$out/sdxl" 2>&1 | quiet \
-    | tee "$out/sdxl.log"
-fi
+mkdir -p "$out/sdxl"
+timeout 400 python3 -m dbdpo.bench_gpu --models sdxl-base --compile --channels-last --micros 2 --out "$out/sdxl" \
+  2>&1 | quiet | tee "$out/sdxl/compile.log"
+echo "sdxl compiled done at ${SECONDS}s"
+timeout $((510 - SECONDS)) python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last \
+  --generation-only --out "$out" 2>&1 | quiet | tee "$out/compile.log"
 echo "total ${SECONDS}s"
