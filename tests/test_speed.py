@@ -162,7 +162,9 @@ def test_ddim_eta_gives_other_samples_and_is_recorded(tiny_backbone, tmp_path):
     assert "eta" not in json.loads((tmp_path / "eta0" / "generation.json").read_text())  # old caches stay valid
 
 
-def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(tiny_backbone, tmp_path):
+@pytest.mark.parametrize("kind, channels_last", [("sd", False), ("sdxl", True)])  # SDXL: its defaults' setting
+def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(tiny_backbone, tmp_path, kind,
+                                                                                channels_last):
     # backbone.compile=true: generation samples through torch.compile(unet) (here a counting backend that runs the
     # traced graph as is), the images equal the eager UNet's, the UNet is put back afterwards (state dict keys
     # unchanged), and a weight update between generations reaches the compiled UNet without recompiling
@@ -174,7 +176,9 @@ def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(
         graphs.append(gm)
         return gm.forward
 
-    eager, compiled = tiny_backbone(), tiny_backbone(compile=True)
+    eager = tiny_backbone(kind=kind, channels_last=channels_last)
+    compiled = tiny_backbone(kind=kind, channels_last=channels_last, compile=True)
+    assert compiled.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     compiled.compile_backend = backend
     keys = list(compiled.unet.state_dict())
 
