@@ -39,8 +39,8 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     assert saved["matmul_tflop_s"] > 0
     (m,) = saved["models"]
     assert m["model"] == "tiny" and m == result["models"][0] and "partial" not in m
-    for key in ("generation_img_s", "unet_tflop_per_image", "generation_roofline_fraction", "dpo_pairs_s",
-                "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
+    for key in ("generation_img_s", "generation_first_call_s", "unet_tflop_per_image", "generation_roofline_fraction",
+                "dpo_pairs_s", "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
         assert m[key] > 0, key
     # the tiny UNet's flops: 5 steps of a 2-row CFG batch
     assert m["unet_tflop_per_image"] < 1e-2 and m["unet_calls_per_image"] == 5
