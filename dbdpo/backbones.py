@@ -238,11 +238,12 @@ class Backbone:
     resolution: int
     num_inference_steps: int
     guidance_scale: float
-    compile: bool = False  # sample through torch.compile(unet)
+    compile: bool = False  # sample through torch.compile(unet), decode through torch.compile(vae.decoder)
     compile_training: bool = False  # train (personalization, DPO) through torch.compile of the UNets
     compile_mode: str | None = None  # torch.compile's mode (None: its default; "max-autotune", ...)
     compile_backend: Any = "inductor"  # a name, or a callable backend
     _compiled: Any = field(default=None, repr=False, compare=False)
+    _compiled_decoder: Any = field(default=None, repr=False, compare=False)
 
     @property
     def unet(self):
@@ -358,13 +359,37 @@ class Backbone:
         half = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
         return torch.autocast(self.device.type, dtype=half)
 
+    @contextlib.contextmanager
+    def decoding(self):
+        """The VAE as decoding should run it: with `compile`, its decoder is `torch.compile(vae.decoder)` (built
+        once, sharing the decoder's weights), put back afterwards; where torch.compile cannot run, one warning (as
+        `sampling` gives) and the eager decoder."""
+        vae = self.pipe.vae
+        decoder = vae.decoder
+        if self.compile and (self._compiled_decoder is None or self._compiled_decoder._orig_mod is not decoder):
+            self._compiled_decoder = self.compile_module(decoder, "backbone.compile", "sampling and decoding eagerly")
+            self.compile = self._compiled_decoder is not None
+        if not self.compile:
+            yield vae
+            return
+        vae.decoder = self._compiled_decoder
+        try:
+            yield vae
+        finally:
+            vae.decoder = decoder
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list:
-        """Diffusion-space latents → PIL images (the pipeline's own post-processing)."""
-        vae = self.pipe.vae
-        with self.autocast():
+        """Diffusion-space latents → PIL images: the pipeline's own post-processing (denormalize, ×255, round to
+        uint8), the rounding done where the images are, so a quarter of the bytes cross to the CPU (the same
+        bytes: IEEE float32 products, ties to even, as numpy does)."""
+        from PIL import Image
+
+        with self.decoding() as vae, self.autocast():
             images = vae.decode(latents.to(vae.device, vae.dtype) / self.scaling_factor, return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images.float(), output_type="pil")
+        images = self.pipe.image_processor.postprocess(images.float(), output_type="pt")  # in [0, 1]
+        arrays = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]  # 1 channel: mode "L"
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None,
                       noise_rows: torch.Tensor | None = None, noise_total: int | None = None) -> torch.Tensor:

@@ -422,8 +422,8 @@ def bench_svdiff(accumulate: int, repeat: int) -> dict:
 
 def generation_breakdown(bb, texts: list[str], repeat: int, device,
                          unet_calls: int | None = None) -> tuple[dict[str, float], list]:
-    """Seconds per image of each part of generation, timed alone on the shapes `generate` uses (the UNet as
-    sampling runs it: compiled with `backbone.compile`), and the decoded images. `unet_calls`: the sampler's UNet
+    """Seconds per image of each part of generation, timed alone on the shapes `generate` uses (the UNet and the
+    VAE's decoder as sampling runs them: compiled with `backbone.compile`), and the decoded images. `unet_calls`: the sampler's UNet
     calls per image (default: its step count)."""
     from .generate import _generate_batch
 
@@ -441,7 +441,9 @@ def generation_breakdown(bb, texts: list[str], repeat: int, device,
             out["UNet (all sampler steps, CFG)"] = _time(
                 lambda: pipe.unet(unet_in, t, **cond2.unet_kwargs(), return_dict=False), repeat, device
             ) * (unet_calls or steps) / batch
-        out["VAE decode"] = _time(lambda: bb.pipe.vae.decode(lat / bb.scaling_factor), repeat, device) / batch
+        with bb.decoding() as vae, bb.autocast():  # as `decode` runs it: compiled with `backbone.compile`
+            out["VAE decode"] = _time(lambda: vae.decode(lat / bb.scaling_factor), repeat, device) / batch
+        out["VAE decode + post-processing to PIL images"] = _time(lambda: bb.decode(lat), repeat, device) / batch
         images = bb.decode(lat)
         with tempfile.TemporaryDirectory() as d:
             out["PNG writing"] = _time(lambda: [im.save(Path(d) / f"{i}.png") for i, im in enumerate(images)],

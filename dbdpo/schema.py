@@ -133,9 +133,9 @@ class BackboneSchema:
     seed: int = 0
     build: Optional[str] = None
     fast_steps: int = setting(20, at_least(1))  # generate=fast's step count for this backbone's DPO samples
-    compile: bool = False  # sample through torch.compile(unet): 1.31× SD2 generation on an H200 (benchmarks.md)
+    compile: bool = False  # sample and decode through torch.compile (SD2/SDXL configs: on; benchmarks.md)
     compile_training: bool = False  # train (personalization, DPO) through torch.compile(unet) too
-    channels_last: bool = False  # the UNet's convolutions in NHWC (with compile: 1.38× SD2 generation on an H200)
+    channels_last: bool = False  # the UNet's convolutions in NHWC (with compile: 1.41× SD2 generation on an H200)
     compile_mode: Optional[str] = setting(None, _opt(one_of("default", "reduce-overhead", "max-autotune",
                                                             "max-autotune-no-cudagraphs")))
     compile_backend: str = setting("inductor", lambda x: _compile_backend(x))

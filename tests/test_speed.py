@@ -182,6 +182,8 @@ def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(
     compiled.compile_backend = backend
     keys = list(compiled.unet.state_dict())
 
+    vae_keys = list(compiled.vae.state_dict())
+
     def gen(bb, name):
         return generate(bb, ["a photo of [V*]", "a [V*] on a beach"], "sks toy", tmp_path / name, 2, seed=0,
                         batch_size=4, progress=False).latents
@@ -189,6 +191,11 @@ def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(
     assert torch.equal(gen(compiled, "c1"), gen(eager, "e1"))
     assert graphs, "the compiled UNet was not used"
     assert compiled.pipe.unet is compiled._compiled._orig_mod and list(compiled.unet.state_dict()) == keys
+    # the VAE's decoder is compiled too (the PNGs are its output), and put back
+    assert compiled._compiled_decoder is not None and compiled.vae.decoder is compiled._compiled_decoder._orig_mod
+    assert list(compiled.vae.state_dict()) == vae_keys
+    assert [p.read_bytes() for p in sorted((tmp_path / "c1").rglob("*.png"))] == \
+        [p.read_bytes() for p in sorted((tmp_path / "e1").rglob("*.png"))]
     n_graphs = len(graphs)
     with torch.no_grad():  # what a DPO step does to the weights, on both
         for bb in (eager, compiled):
@@ -208,8 +215,10 @@ def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_bac
     monkeypatch.delenv("CXX", raising=False)
     assert "C++ compiler" in compile_unavailable(torch.device("cpu"))
     bb = tiny_backbone(compile=True)
-    with pytest.warns(UserWarning, match=r"backbone.compile=true.*C\+\+ compiler.*eager UNet.*backbone.compile=false"):
+    with pytest.warns(UserWarning, match=r"backbone.compile=true.*C\+\+ compiler.*eager UNet.*backbone.compile=false") \
+            as rec:
         a = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "a", 2, seed=0, progress=False)
+    assert sum("backbone.compile=true" in str(w.message) for w in rec) == 1  # one warning, for the UNet and VAE
     b = generate(tiny_backbone(), ["a photo of [V*]"], "sks toy", tmp_path / "b", 2, seed=0, progress=False)
     assert torch.equal(a.latents, b.latents) and bb.compile is False
     assert compile_unavailable(torch.device("cpu"), "no-such-backend") == "no backend 'no-such-backend'"
