@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A short second device call after experiments/bench_gpu.sh (≈ 4 min): SD2 generation alone (compiled UNet,
-# channels-last, batch 16, timed over 3 shards) with torch.compile's default mode, then with mode=reduce-overhead
-# (CUDA graphs: no launch gaps between the UNet's kernels). Same wheels and call as bench_gpu.sh:
-#     device run: bash experiments/bench_gpu_generation.sh $OUT      (carry: [".whl"], timeout_s ≈ 290)
+# A short second device call after experiments/bench_gpu.sh (≈ 5 min): SD2 generation alone (compiled UNet and VAE
+# decoder, channels-last, timed over 3 shards). Run on 2026-12-04: torch.compile's default mode (4.47 img/s) against
+# mode=reduce-overhead (CUDA graphs, 4.60). Next: a batch of 32 (do the UNet's 320-channel GEMMs gain from longer
+# rows?), then mode=max-autotune-no-cudagraphs (Triton/cuBLAS autotuning; its compile time is part of the answer).
+# Same wheels and call as bench_gpu.sh:
+#     device run: bash experiments/bench_gpu_generation.sh $OUT      (carry: [".whl"], timeout_s ≈ 360)
 set -uo pipefail
 out=${1:-results/bench}
 mkdir -p "$out"
@@ -13,9 +15,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
 quiet() { grep -v -E "kept in float32|Dynamo|originates from|upsampling.py|warn_once|is_torch_version|^$"; }
-timeout 125 python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last --generation-only \
-  --out "$out" 2>&1 | quiet | tee "$out/generation_default.log"
-echo "default mode done at ${SECONDS}s"
-timeout $((275 - SECONDS)) python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last \
-  --compile-mode reduce-overhead --generation-only --out "$out" 2>&1 | quiet | tee "$out/generation_cudagraphs.log"
+timeout 170 python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last --generation-only --batch 32 \
+  --out "$out" 2>&1 | quiet | tee "$out/generation_batch32.log"
+echo "batch 32 done at ${SECONDS}s"
+timeout $((335 - SECONDS)) python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last \
+  --compile-mode max-autotune-no-cudagraphs --generation-only --out "$out" 2>&1 | quiet \
+  | tee "$out/generation_autotune.log"
 echo "total ${SECONDS}s"
