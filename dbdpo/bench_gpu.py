@@ -16,10 +16,12 @@ their published configs with random weights (speed does not depend on weight val
 
 `experiments/bench_gpu.sh` runs every measurement in one call of a lent GPU machine.
 
-Options: `--compile` (torch.compile of the UNet, in generation and in the DPO step: `backbone.compile` and
-`backbone.compile_training`, as training runs them), `--channels-last`,
-`--models sd2-base`. `--tiny` runs the same code on the tiny backbone on the CPU in seconds (the test suite does,
-so the script cannot rot). Results: a table, and `results/bench/gpu_<date>_<device>[_compile][_channels-last].json`.
+Options: `--compile` (torch.compile of the UNet and the VAE's decoder in generation, of the UNets in the DPO step:
+`backbone.compile` and `backbone.compile_training`, as training runs them), `--channels-last`, `--models sd2-base`,
+`--batch N` (generation's), `--micros M ...` (the DPO micro-batches), `--generation-only`. `--tiny` runs the same
+code on the tiny backbone on the CPU in seconds (the test suite does, so the script cannot rot). Results: a table,
+and `results/bench/gpu_<date>_<device>[_compile][_channels-last]....json`, written after each measurement
+(`"partial": true` until a model is done: a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -278,9 +280,9 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         return write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json",
                           {**result, "models": models_so_far})
     for model, s in settings.items():
-        def save(partial: dict, done: list = list(result["models"])) -> None:
+        def save(partial: dict, before: list = list(result["models"])) -> None:  # the models finished before
             if out_dir:
-                write(done + [{**partial, "partial": True}])
+                write(before + [{**partial, "partial": True}])
 
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
                         dpo=not (check and model == "sdxl-base"), micros=micros,
