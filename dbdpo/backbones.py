@@ -279,23 +279,33 @@ class Backbone:
         return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False)
 
     @contextlib.contextmanager
+    def _compiled_in(self, owner, name: str, cache: str, instead: str):
+        """With `compile`: `owner.<name>` replaced by its `torch.compile` wrapper (kept in `self.<cache>`, built once
+        per module, sharing its weights) for the block, the eager module put back afterwards; where torch.compile
+        cannot run, one warning naming what runs `instead`, and `compile` off."""
+        module = getattr(owner, name)
+        compiled = getattr(self, cache)
+        if self.compile and (compiled is None or compiled._orig_mod is not module):
+            compiled = self.compile_module(module, "backbone.compile", instead)
+            setattr(self, cache, compiled)
+            self.compile = compiled is not None
+        if not self.compile:
+            yield
+            return
+        setattr(owner, name, compiled)
+        try:
+            yield
+        finally:
+            setattr(owner, name, module)
+
+    @contextlib.contextmanager
     def sampling(self):
         """The pipeline as sampling should run it: with `compile`, its UNet is `torch.compile(unet)` (built once,
         sharing the UNet's weights, so training in between needs no rebuild) and the eager UNet is put back
         afterwards, for training, checkpoints and copies; where torch.compile cannot run, one warning and the
         eager UNet."""
-        unet = self.pipe.unet
-        if self.compile and (self._compiled is None or self._compiled._orig_mod is not unet):
-            self._compiled = self.compile_module(unet, "backbone.compile", "sampling with the eager UNet")
-            self.compile = self._compiled is not None
-        if not self.compile:
+        with self._compiled_in(self.pipe, "unet", "_compiled", "sampling with the eager UNet"):
             yield self.pipe
-            return
-        self.pipe.unet = self._compiled
-        try:
-            yield self.pipe
-        finally:
-            self.pipe.unet = unet
 
     @property
     def vae(self):
@@ -365,18 +375,8 @@ class Backbone:
         once, sharing the decoder's weights), put back afterwards; where torch.compile cannot run, one warning (as
         `sampling` gives) and the eager decoder."""
         vae = self.pipe.vae
-        decoder = vae.decoder
-        if self.compile and (self._compiled_decoder is None or self._compiled_decoder._orig_mod is not decoder):
-            self._compiled_decoder = self.compile_module(decoder, "backbone.compile", "sampling and decoding eagerly")
-            self.compile = self._compiled_decoder is not None
-        if not self.compile:
+        with self._compiled_in(vae, "decoder", "_compiled_decoder", "sampling and decoding eagerly"):
             yield vae
-            return
-        vae.decoder = self._compiled_decoder
-        try:
-            yield vae
-        finally:
-            vae.decoder = decoder
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list:

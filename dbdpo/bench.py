@@ -423,8 +423,8 @@ def bench_svdiff(accumulate: int, repeat: int) -> dict:
 def generation_breakdown(bb, texts: list[str], repeat: int, device,
                          unet_calls: int | None = None) -> tuple[dict[str, float], list]:
     """Seconds per image of each part of generation, timed alone on the shapes `generate` uses (the UNet and the
-    VAE's decoder as sampling runs them: compiled with `backbone.compile`), and the decoded images. `unet_calls`: the sampler's UNet
-    calls per image (default: its step count)."""
+    VAE's decoder as sampling runs them: compiled with `backbone.compile`), and the decoded images. `unet_calls`:
+    the sampler's UNet calls per image (default: its step count)."""
     from .generate import _generate_batch
 
     batch = len(texts)

@@ -216,10 +216,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out["dpo"] = []
     for m in micros:
         micro = step_of(m)
-        t0 = time.perf_counter()
-        micro()  # the first call: torch.compile's compilation, when compiling
-        first = time.perf_counter() - t0
-        sec = timed(lambda: (micro(), unet.zero_grad(set_to_none=True)), device, repeat=2)
+        # the first call: torch.compile's compilation, when compiling
+        first, sec = first_and_best(lambda: (micro(), unet.zero_grad(set_to_none=True)), device)
         # policy = reference (no update yet), so the loss is ln 2 but for the two forwards' rounding (bf16)
         out["dpo"].append({"micro": m, "pairs_s": m / sec, "tflop_per_pair": flops[m] / m / 1e12,
                            "roofline_fraction": flops[m] / sec / rate, "first_call_s": first,

@@ -10,15 +10,8 @@
 # then copy $OUT's JSON and logs into results/bench/ and the table into experiments/benchmarks.md.
 set -uo pipefail
 out=${1:-results/bench}
-mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
+. "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/smi.txt" 2>&1
-quiet() { grep -v -E "kept in float32|Dynamo|originates from|upsampling.py|warn_once|is_torch_version|^$"; }
 mkdir -p "$out/sdxl"
 timeout 400 python3 -m dbdpo.bench_gpu --models sdxl-base --compile --channels-last --micros 2 --out "$out/sdxl" \
   2>&1 | quiet | tee "$out/sdxl/compile.log"

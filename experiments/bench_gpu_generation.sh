@@ -7,14 +7,7 @@
 #     device run: bash experiments/bench_gpu_generation.sh $OUT      (carry: [".whl"], timeout_s ≈ 360)
 set -uo pipefail
 out=${1:-results/bench}
-mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
-quiet() { grep -v -E "kept in float32|Dynamo|originates from|upsampling.py|warn_once|is_torch_version|^$"; }
+. "$(dirname "$0")/gpu_env.sh"
 timeout 170 python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last --generation-only --batch 32 \
   --out "$out" 2>&1 | quiet | tee "$out/generation_batch32.log"
 echo "batch 32 done at ${SECONDS}s"
