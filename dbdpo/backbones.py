@@ -242,6 +242,7 @@ class Backbone:
     compile_training: bool = False  # train (personalization, DPO) through torch.compile of the UNets
     compile_mode: str | None = None  # torch.compile's mode (None: its default; "max-autotune", ...)
     compile_backend: Any = "inductor"  # a name, or a callable backend
+    compile_options: dict | None = None  # inductor's options, on top of the mode's (`inductor_options`)
     _compiled: Any = field(default=None, repr=False, compare=False)
     _compiled_decoder: Any = field(default=None, repr=False, compare=False)
 
@@ -271,12 +272,16 @@ class Backbone:
         # static shapes: a smaller last batch compiles its own graph rather than turning every later batch's into
         # a dynamic-shape one
         inductor = self.compile_backend == "inductor"
+        extra = dict(self.compile_options or {})
         if eager_rounding and inductor and hasattr(inductor_config, "emulate_precision_casts"):
-            from torch._inductor import list_mode_options
+            extra["emulate_precision_casts"] = True
+        if not extra:
+            return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False)
+        # torch.compile takes a mode or options, not both: the mode's options, then ours over them
+        from torch._inductor import list_mode_options
 
-            options = {**list_mode_options(self.compile_mode or "default"), "emulate_precision_casts": True}
-            return torch.compile(module, backend="inductor", options=options, dynamic=False)
-        return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend, dynamic=False)
+        options = {**list_mode_options(self.compile_mode or "default"), **extra}
+        return torch.compile(module, backend=self.compile_backend, options=options, dynamic=False)
 
     @contextlib.contextmanager
     def _compiled_in(self, owner, name: str, cache: str, instead: str):
@@ -440,6 +445,26 @@ class SDXLBackbone(Backbone):
 BACKBONES = {"sd": Backbone, "sdxl": SDXLBackbone}
 
 
+def inductor_options(options) -> str | None:
+    """Why `options` are not inductor options torch.compile would accept (names and value types of
+    `torch._inductor.config`, as `torch.compile(options=...)` checks them at the first call), or None."""
+    import typing
+
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key, value in dict(options).items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = [k for k in known if name in k or k in name][:5]
+            return f"inductor options (torch._inductor.config); '{key}' is not one" + (
+                f" (close: {', '.join(close)})" if close else "")
+        tp = inductor_config.get_type(name)
+        if typing.get_origin(tp) is None and isinstance(tp, type) and not isinstance(value, tp):
+            return f"inductor options; {key} takes a {type(known[name]).__name__}, not {value!r}"
+    return None
+
+
 def compile_unavailable(device: torch.device, backend: Any = "inductor") -> str | None:
     """Why torch.compile with `backend` cannot run on `device` here, or None."""
     import shutil
@@ -502,4 +527,5 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
         guidance_scale=float(cfg.get("guidance_scale", 7.5)), compile=bool(cfg.get("compile", False)),
         compile_training=bool(cfg.get("compile_training", False)),
         compile_mode=cfg.get("compile_mode"), compile_backend=str(cfg.get("compile_backend", "inductor")),
+        compile_options=dict(cfg.get("compile_options") or {}) or None,
     )

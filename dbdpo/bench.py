@@ -420,6 +420,26 @@ def bench_svdiff(accumulate: int, repeat: int) -> dict:
 
 # ---- where the time goes ----------------------------------------------------------------------------------
 
+def unet_alone(bb, texts: list[str], repeat: int, device, unet_calls: int | None = None) -> float:
+    """Seconds per image of the sampler's UNet calls alone (CFG batch, `unet_calls` per image, default its step
+    count), called as the pipeline calls it in `generate` — the sampling UNet (compiled with `backbone.compile`),
+    a timestep of the scheduler's own (device, dtype), under the backbone's autocast, no grad — so a compiled UNet
+    reuses generation's graph rather than compiling another."""
+    steps = bb.num_inference_steps
+    sched = bb.pipe.scheduler
+    sched.set_timesteps(steps, device=device)
+    t = sched.timesteps[len(sched.timesteps) // 2]
+    lat = torch.randn(len(texts), *bb.latent_shape).to(device, bb.unet.dtype)
+    with torch.no_grad():
+        cond = bb.with_sizes(bb.encode_prompts(texts)).to(device).to(dtype=bb.unet.dtype)
+    x, c = (torch.cat([lat, lat]), type(cond).cat([cond, cond])) if bb.guidance_scale > 1 else (lat, cond)
+    # the keyword arguments diffusers' SD and SDXL pipelines pass (dynamo guards on their number)
+    kw = {"encoder_hidden_states": None, "timestep_cond": None, "cross_attention_kwargs": None,
+          "added_cond_kwargs": None, **c.unet_kwargs(), "return_dict": False}
+    with torch.no_grad(), bb.sampling() as pipe, bb.autocast():
+        return _time(lambda: pipe.unet(x, t, **kw), repeat, device) * (unet_calls or steps) / len(texts)
+
+
 def generation_breakdown(bb, texts: list[str], repeat: int, device,
                          unet_calls: int | None = None) -> tuple[dict[str, float], list]:
     """Seconds per image of each part of generation, timed alone on the shapes `generate` uses (the UNet and the
@@ -430,17 +450,10 @@ def generation_breakdown(bb, texts: list[str], repeat: int, device,
     batch = len(texts)
     steps, guidance = bb.num_inference_steps, bb.guidance_scale
     lat = torch.randn(batch, *bb.latent_shape).to(device, bb.unet.dtype)
-    cond = bb.with_sizes(bb.encode_prompts(texts)).to(device).to(dtype=bb.unet.dtype)
-    unet_in = torch.cat([lat, lat]) if guidance > 1 else lat
-    cond2 = type(cond).cat([cond, cond]) if guidance > 1 else cond
-    t = torch.full((unet_in.shape[0],), 500, device=device)
     out: dict[str, float] = {}
     with torch.no_grad():
         out["text encoding"] = _time(lambda: bb.encode_prompts(texts), repeat, device) / batch
-        with bb.sampling() as pipe:
-            out["UNet (all sampler steps, CFG)"] = _time(
-                lambda: pipe.unet(unet_in, t, **cond2.unet_kwargs(), return_dict=False), repeat, device
-            ) * (unet_calls or steps) / batch
+        out["UNet (all sampler steps, CFG)"] = unet_alone(bb, texts, repeat, device, unet_calls)
         with bb.decoding() as vae, bb.autocast():  # as `decode` runs it: compiled with `backbone.compile`
             out["VAE decode"] = _time(lambda: vae.decode(lat / bb.scaling_factor), repeat, device) / batch
         out["VAE decode + post-processing to PIL images"] = _time(lambda: bb.decode(lat), repeat, device) / batch

@@ -7,7 +7,8 @@ their published configs with random weights (speed does not depend on weight val
 - generation through `dbdpo.generate` (latents, VAE decode, PNGs): img/s, beside the original's 2.8 img/s, and
   the fraction of the roofline  f = (UNet FLOPs per image · img/s) / R, UNet FLOPs from torch's flop counter
   (one forward of the CFG batch × the sampler's UNet calls: 51 for 50 PNDM steps); the same with generate=fast
-  (DPM-Solver++, 20 steps); and where generation's time goes (text encoding, UNet, VAE decode, PNG writing);
+  (DPM-Solver++, 20 steps); the UNet alone, called as generation calls it (what the rest of the loop costs); and
+  where generation's time goes (text encoding, UNet, VAE decode, PNG writing);
 - DPO micro-batches of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
   checkpointing for SDXL) at two sizes, and an AdamW step: pairs/s and its fraction of the roofline (forward +
   backward + reference FLOPs from the flop counter);
@@ -17,7 +18,8 @@ their published configs with random weights (speed does not depend on weight val
 `experiments/bench_gpu.sh` runs every measurement in one call of a lent GPU machine.
 
 Options: `--compile` (torch.compile of the UNet and the VAE's decoder in generation, of the UNets in the DPO step:
-`backbone.compile` and `backbone.compile_training`, as training runs them), `--channels-last`, `--models sd2-base`,
+`backbone.compile` and `backbone.compile_training`, as training runs them; `--compile-mode`, `--compile-options
+NAME=VALUE ...` as `backbone.compile_mode` and `backbone.compile_options`), `--channels-last`, `--models sd2-base`,
 `--batch N` (generation's), `--micros M ...` (the DPO micro-batches), `--generation-only`. `--tiny` runs the same
 code on the tiny backbone on the CPU in seconds (the test suite does, so the script cannot rot). Results: a table,
 and `results/bench/gpu_<date>_<device>[_compile][_channels-last]....json`, written after each measurement
@@ -106,7 +108,7 @@ def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
                 dpo: bool = True, parts: bool = True, micros: list[int] | None = None,
                 compile_backend: str = "inductor", compile_mode: str | None = None, save=None,
-                generation_only: bool = False) -> dict:
+                generation_only: bool = False, compile_options: dict | None = None) -> dict:
     """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
     roofline `rate`, per-part seconds, and the main setup's minutes per concept from them. `save(out)` is called
     after each measurement with what is known so far (a run cut short by a time limit keeps it)."""
@@ -146,7 +148,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
     done("built, UNet FLOPs counted")
     bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
-    bb.compile_backend, bb.compile_mode = compile_backend, compile_mode
+    bb.compile_backend, bb.compile_mode, bb.compile_options = compile_backend, compile_mode, compile_options
 
     n = b * s.get("shards", 1)
     prompts = [f"a photo of [V*] number {i}" for i in range(n)]
@@ -166,6 +168,13 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
         out["generation_vs_original"] = out["generation_img_s"] / ORIGINAL_IMG_S
         out["generation_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 * out["generation_img_s"] / rate
         done(f"generation {out['generation_img_s']:.2f} img/s")
+        # the UNet alone, called as generation calls it (its compiled graph): what the rest of the loop costs
+        from .bench import unet_alone
+
+        unet_s = unet_alone(bb, texts, 3, device, calls)
+        out["unet_alone_img_s"] = 1 / unet_s
+        out["unet_alone_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 / unet_s / rate
+        done(f"the UNet alone {1 / unet_s:.2f} img/s, {100 * out['unet_alone_roofline_fraction']:.0f} % of R")
         if not generation_only:
             sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
                              repeat=2) / n * b
@@ -246,7 +255,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
 def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool = False,
         channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False,
         micros: list[int] | None = None, compile_backend: str = "inductor", compile_mode: str | None = None,
-        batch: int | None = None, generation_only: bool = False) -> dict:
+        batch: int | None = None, generation_only: bool = False, compile_options: dict | None = None) -> dict:
     """`check`: the full-size models on the CPU at 64 px, 2 steps, one image (fp32; SDXL without its DPO step,
     which needs ~50 GB): the GPU run's code path, not its speed."""
     from .bench import environment, matmul_rate
@@ -262,7 +271,7 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     rate = matmul_rate(device, 256 if tiny or check else 8192)
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
               "generation_only": generation_only,
-              "compile_backend": compile_backend, "compile_mode": compile_mode,
+              "compile_backend": compile_backend, "compile_mode": compile_mode, "compile_options": compile_options,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
 
@@ -273,6 +282,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         name = "tiny_cpu" if tiny else "check_cpu" if check else torch.cuda.get_device_name(device).replace(" ", "_")
         name += ("_compile" * compile_unet + (f"_{compile_mode}" if compile_unet and compile_mode else "")
+                 + ("_" + "_".join(f"{k}-{v}" for k, v in compile_options.items())
+                    if compile_unet and compile_options else "")
                  + "_channels-last" * channels_last + (f"_batch{batch}" if batch else "")
                  + "_generation" * generation_only)
         return write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json",
@@ -285,7 +296,7 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
                         dpo=not (check and model == "sdxl-base"), micros=micros,
                         compile_backend=compile_backend, compile_mode=compile_mode, save=save,
-                        generation_only=generation_only)
+                        generation_only=generation_only, compile_options=compile_options)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -293,7 +304,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
             torch.cuda.empty_cache()
         result["models"].append(r)
         line = (f"{model}: generation {r['generation_img_s']:.2f} img/s ({r['generation_vs_original']:.2f}× the "
-                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline")
+                f"original's {ORIGINAL_IMG_S}), {100 * r['generation_roofline_fraction']:.0f} % of the roofline "
+                f"(the UNet alone: {100 * r['unet_alone_roofline_fraction']:.0f} %)")
         if "generation_fast_img_s" in r:
             line += f"; generate=fast {r['generation_fast_img_s']:.2f} img/s ({r['generation_fast_speedup']:.2f}×)"
         if "dpo_pairs_s" in r:
@@ -319,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (with --compile)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile's mode (with --compile)")
+    ap.add_argument("--compile-options", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="inductor options over the mode's (with --compile), as backbone.compile_options: "
+                         "e.g. coordinate_descent_tuning=true conv_1x1_as_mm=true")
     ap.add_argument("--micros", nargs="*", type=int, default=None,
                     help="the DPO micro-batches (pairs) to time, instead of the model's own")
     ap.add_argument("--channels-last", action="store_true")
@@ -330,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.tiny and not args.check and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device is visible; python -m dbdpo.bench_gpu --tiny runs on the CPU")
+    options = parse_options(args.compile_options, ap)
     if args.compile:
         from .backbones import compile_unavailable
 
@@ -338,7 +354,25 @@ def main(argv: list[str] | None = None) -> None:
             warnings.warn(f"--compile: torch.compile is unavailable here ({reason}); measuring without it")
             args.compile = False
     run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check, args.micros,
-        args.compile_backend, args.compile_mode, args.batch, args.generation_only)
+        args.compile_backend, args.compile_mode, args.batch, args.generation_only, options)
+
+
+def parse_options(items: list[str], ap: argparse.ArgumentParser) -> dict | None:
+    """`NAME=VALUE` pairs (values read as YAML: true, 3, 0.5, text) checked as `backbone.compile_options` is."""
+    import yaml
+
+    from .backbones import inductor_options
+
+    options = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            ap.error(f"--compile-options: '{item}' is not NAME=VALUE")
+        options[name] = yaml.safe_load(value)
+    why = inductor_options(options) if options else None
+    if why:
+        ap.error(f"--compile-options: must be {why}")
+    return options or None
 
 
 if __name__ == "__main__":

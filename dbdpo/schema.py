@@ -118,6 +118,12 @@ def _compile_backend(x) -> str | None:
     return None if x in backends else "one of " + ", ".join(backends)
 
 
+def _inductor_options(x) -> str | None:
+    from .backbones import inductor_options
+
+    return inductor_options(x)
+
+
 @dataclass
 class BackboneSchema:
     name: str = MISSING
@@ -139,6 +145,8 @@ class BackboneSchema:
     compile_mode: Optional[str] = setting(None, _opt(one_of("default", "reduce-overhead", "max-autotune",
                                                             "max-autotune-no-cudagraphs")))
     compile_backend: str = setting("inductor", lambda x: _compile_backend(x))
+    # inductor's options over the mode's, e.g. {coordinate_descent_tuning: true, conv_1x1_as_mm: true}
+    compile_options: Optional[dict[str, Any]] = setting(None, _opt(lambda x: _inductor_options(x)))
 
 
 @dataclass
@@ -554,6 +562,10 @@ def _check_across(cfg: DictConfig, problems: list[str]) -> None:
     """Checks that span settings (each run only when the settings it reads passed their own checks)."""
     from .errors import DbdpoError
 
+    b = cfg.backbone
+    if b.get("compile_options") and str(b.get("compile_backend", "inductor")) != "inductor":
+        problems.append(f"backbone.compile_options: inductor's options; backbone.compile_backend is "
+                        f"{b.compile_backend} (set backbone.compile_backend=inductor or drop the options)")
     d = cfg.dpo
     try:
         if int(d.batch_size) % int(d.micro_batch_size):

@@ -31,6 +31,7 @@ BAD = [
     ("backbone.compile_training=perhaps", "backbone.compile_training"),
     ("backbone.channels_last=perhaps", "backbone.channels_last"),
     ("backbone.compile_mode=fastest", "backbone.compile_mode"),
+    ("backbone.compile_options=fast", "backbone.compile_options"),
     ("backbone.compile_backend=turbo", "backbone.compile_backend"), ("backbone.pretrained=/no/such/folder", "backbone.pretrained"),
     ("method.lr=-1", "method.lr"), ("method.lr=nan", "method.lr"), ("method.batch_size=0", "method.batch_size"),
     ("method.max_steps=ten", "method.max_steps"), ("method.prompt='a photo'", "method.prompt"),
@@ -94,6 +95,23 @@ def test_the_schema_converts_like_omegaconf_and_names_what_is_allowed(tmp_path):
     with pytest.raises(ConfigError) as e:
         check_config(compose(["dpo.max_steps=x"], tmp_path))
     assert "dpo.max_steps='x': must be null or an integer" in str(e.value)
+
+
+def test_compile_options_are_inductor_options_named_and_typed(tmp_path):
+    from dbdpo.errors import ConfigError
+    from dbdpo.schema import check_config
+
+    ok = "backbone.compile_options={coordinate_descent_tuning:true,conv_1x1_as_mm:true,epilogue_fusion:false}"
+    check_config(compose([ok, "backbone.compile_mode=max-autotune-no-cudagraphs"], tmp_path))
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(["backbone.compile_options={coordinate_descent_tunin:true}"], tmp_path))
+    assert "'coordinate_descent_tunin' is not one (close: coordinate_descent_tuning" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        check_config(compose(["backbone.compile_options={conv_1x1_as_mm:3}"], tmp_path))
+    assert "conv_1x1_as_mm takes a bool, not 3" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # options are inductor's: another backend would get them as arguments
+        check_config(compose([ok, "backbone.compile_backend=aot_eager"], tmp_path))
+    assert "backbone.compile_options: inductor's options; backbone.compile_backend is aot_eager" in str(e.value)
 
 
 CONFIGS = sorted(

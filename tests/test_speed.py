@@ -40,7 +40,7 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     (m,) = saved["models"]
     assert m["model"] == "tiny" and m == result["models"][0] and "partial" not in m
     for key in ("generation_img_s", "generation_first_call_s", "unet_tflop_per_image", "generation_roofline_fraction",
-                "dpo_pairs_s", "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
+                "unet_alone_img_s", "unet_alone_roofline_fraction", "dpo_pairs_s", "dpo_tflop_per_pair", "dpo_roofline_fraction", "adamw_step_s", "main_setup_min"):
         assert m[key] > 0, key
     # the tiny UNet's flops: 5 steps of a 2-row CFG batch
     assert m["unet_tflop_per_image"] < 1e-2 and m["unet_calls_per_image"] == 5
@@ -66,7 +66,24 @@ def test_gpu_script_generation_only_at_another_batch(tmp_path):
     result = run(tiny=True, out_dir=str(tmp_path), batch=3, generation_only=True)
     (m,) = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu_batch3_generation.json")).read_text())["models"]
     assert m == result["models"][0] and m["batch"] == 3 and m["generation_img_s"] > 0
+    assert m["unet_alone_img_s"] > 0 and m["unet_alone_roofline_fraction"] > 0  # the UNet alone, as generation calls it
     assert not {"generation_fast_img_s", "generation_parts_s_per_image", "dpo"} & set(m)
+
+
+def test_gpu_script_passes_inductor_options_and_refuses_unknown_ones(tmp_path, capsys):
+    from dbdpo.bench_gpu import main, run
+
+    options = {"coordinate_descent_tuning": True, "conv_1x1_as_mm": True}
+    result = run(tiny=True, out_dir=str(tmp_path), compile_unet=True, compile_backend="eager",
+                 compile_options=options, generation_only=True)
+    assert result["compile_options"] == options and result["models"][0]["generation_img_s"] > 0
+    assert next(tmp_path.glob("gpu_*_tiny_cpu_compile_coordinate_descent_tuning-True_conv_1x1_as_mm-True_generation.json"))
+    for bad, why in (["coordinate_descent=true"], "'coordinate_descent' is not one"), (["conv_1x1_as_mm=3"], "takes a bool"), \
+            (["conv_1x1_as_mm"], "is not NAME=VALUE"):
+        with pytest.raises(SystemExit) as e:
+            main(["--tiny", "--compile", "--compile-options", *bad, "--out", str(tmp_path / "no")])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_gpu_script_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
@@ -197,12 +214,39 @@ def test_backbone_compile_samples_through_the_compiled_unet_sharing_its_weights(
     assert [p.read_bytes() for p in sorted((tmp_path / "c1").rglob("*.png"))] == \
         [p.read_bytes() for p in sorted((tmp_path / "e1").rglob("*.png"))]
     n_graphs = len(graphs)
+    # the benchmarks time the UNet alone as the pipeline calls it: generation's graph, no new one
+    from dbdpo.bench import unet_alone
+
+    assert unet_alone(compiled, ["a photo of sks toy"] * 4, 1, torch.device("cpu")) > 0
+    assert len(graphs) == n_graphs
     with torch.no_grad():  # what a DPO step does to the weights, on both
         for bb in (eager, compiled):
             bb.unet.conv_in.weight.mul_(1.5)
     after = gen(compiled, "c2")
     assert torch.equal(after, gen(eager, "e2")) and not torch.equal(after, gen(eager, "e1"))
     assert len(graphs) == n_graphs  # same weights object, no recompilation
+
+
+def test_backbone_compile_options_reach_torch_compile_over_the_modes_options(tiny_backbone, tmp_path):
+    # backbone.compile_options: torch.compile takes a mode or options, not both, so the backend gets the mode's
+    # options with ours over them (a backend callable receives them as its `options` argument)
+    from torch._inductor import list_mode_options
+
+    from dbdpo.generate import generate
+
+    got = []
+
+    def backend(gm, example_inputs, options=None):
+        got.append(options)
+        return gm.forward
+
+    mode, ours = "max-autotune-no-cudagraphs", {"coordinate_descent_tuning": False, "conv_1x1_as_mm": True}
+    bb = tiny_backbone(compile=True, compile_mode=mode, compile_options=ours)
+    assert bb.compile_options == ours
+    bb.compile_backend = backend
+    generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "g", 1, seed=0, progress=False)
+    assert got and all(o == {**list_mode_options(mode), **ours} for o in got)
+    assert got[0]["max_autotune"] is True and got[0]["coordinate_descent_tuning"] is False
 
 
 def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_backbone, tmp_path, monkeypatch):
