@@ -243,6 +243,7 @@ class Backbone:
     compile_mode: str | None = None  # torch.compile's mode (None: its default; "max-autotune", ...)
     compile_backend: Any = "inductor"  # a name, or a callable backend
     compile_options: dict | None = None  # inductor's options, on top of the mode's (`inductor_options`)
+    sdpa_backend: str | None = None  # attention's kernel tried first (SDPA_BACKENDS); None: torch's own order
     _compiled: Any = field(default=None, repr=False, compare=False)
     _compiled_decoder: Any = field(default=None, repr=False, compare=False)
 
@@ -309,8 +310,19 @@ class Backbone:
         sharing the UNet's weights, so training in between needs no rebuild) and the eager UNet is put back
         afterwards, for training, checkpoints and copies; where torch.compile cannot run, one warning and the
         eager UNet."""
-        with self._compiled_in(self.pipe, "unet", "_compiled", "sampling with the eager UNet"):
+        with self._compiled_in(self.pipe, "unet", "_compiled", "sampling with the eager UNet"), self.attention():
             yield self.pipe
+
+    def attention(self):
+        """With `sdpa_backend`: `scaled_dot_product_attention` tries that kernel first and torch's others after it
+        (for the shapes it cannot run), in sampling, decoding and training alike (under torch.compile the choice is
+        made when the graph is traced, inside this context too); without it, torch's own order."""
+        if not self.sdpa_backend:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [self.sdpa_backend, *(k for k in SDPA_BACKENDS if k != self.sdpa_backend)]
+        return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[k]) for k in order], set_priority=True)
 
     @property
     def vae(self):
@@ -380,7 +392,8 @@ class Backbone:
         once, sharing the decoder's weights), put back afterwards; where torch.compile cannot run, one warning (as
         `sampling` gives) and the eager decoder."""
         vae = self.pipe.vae
-        with self._compiled_in(vae, "decoder", "_compiled_decoder", "sampling and decoding eagerly"):
+        with self._compiled_in(vae, "decoder", "_compiled_decoder", "sampling and decoding eagerly"), \
+                self.attention():
             yield vae
 
     @torch.no_grad()
@@ -489,6 +502,10 @@ def compile_unavailable(device: torch.device, backend: Any = "inductor") -> str 
     return None
 
 
+# backbone.sdpa_backend: scaled_dot_product_attention's kernels by name (torch.nn.attention.SDPBackend), in torch's
+# own order of priority
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH",
+                 "cudnn": "CUDNN_ATTENTION"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -527,5 +544,5 @@ def build_backbone(cfg: Mapping[str, Any]) -> Backbone:
         guidance_scale=float(cfg.get("guidance_scale", 7.5)), compile=bool(cfg.get("compile", False)),
         compile_training=bool(cfg.get("compile_training", False)),
         compile_mode=cfg.get("compile_mode"), compile_backend=str(cfg.get("compile_backend", "inductor")),
-        compile_options=dict(cfg.get("compile_options") or {}) or None,
+        compile_options=dict(cfg.get("compile_options") or {}) or None, sdpa_backend=cfg.get("sdpa_backend"),
     )

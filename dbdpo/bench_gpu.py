@@ -8,7 +8,8 @@ their published configs with random weights (speed does not depend on weight val
   the fraction of the roofline  f = (UNet FLOPs per image · img/s) / R, UNet FLOPs from torch's flop counter
   (one forward of the CFG batch × the sampler's UNet calls: 51 for 50 PNDM steps); the same with generate=fast
   (DPM-Solver++, 20 steps); the UNet alone, called as generation calls it (what the rest of the loop costs); and
-  where generation's time goes (text encoding, UNet, VAE decode, PNG writing);
+  where generation's time goes (text encoding, UNet, VAE decode, PNG writing); each attention kernel alone on
+  the UNet's largest self-attention (FLOP/s beside the roofline);
 - DPO micro-batches of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
   checkpointing for SDXL) at two sizes, and an AdamW step: pairs/s and its fraction of the roofline (forward +
   backward + reference FLOPs from the flop counter);
@@ -19,7 +20,8 @@ their published configs with random weights (speed does not depend on weight val
 
 Options: `--compile` (torch.compile of the UNet and the VAE's decoder in generation, of the UNets in the DPO step:
 `backbone.compile` and `backbone.compile_training`, as training runs them; `--compile-mode`, `--compile-options
-NAME=VALUE ...` as `backbone.compile_mode` and `backbone.compile_options`), `--channels-last`, `--models sd2-base`,
+NAME=VALUE ...` as `backbone.compile_mode` and `backbone.compile_options`), `--channels-last`, `--sdpa-backend
+cudnn` (as `backbone.sdpa_backend`), `--models sd2-base`,
 `--batch N` (generation's), `--micros M ...` (the DPO micro-batches), `--generation-only`. `--tiny` runs the same
 code on the tiny backbone on the CPU in seconds (the test suite does, so the script cannot rot). Results: a table,
 and `results/bench/gpu_<date>_<device>[_compile][_channels-last]....json`, written after each measurement
@@ -41,12 +43,14 @@ ORIGINAL_IMG_S = 2.8  # the original implementation on one H100 (≈ 2.5 h per c
 # batch: generation's batch; shards: generation is timed over this many shards of one batch each (a shard's PNGs
 # and files are finished while the next one samples, so one shard alone would time what a run overlaps);
 # micros: the DPO micro-batches (pairs) timed; the fastest sets the main setup's DPO time
+# attention: (heads, tokens, head dim) of the UNet's largest self-attention (SD2: 64×64 latents at 320 channels;
+# SDXL: 64×64 at 640), timed alone with each of scaled_dot_product_attention's kernels
 SETTINGS = {"sd2-base": {"kind": "sd", "resolution": 512, "steps": 50, "guidance": 7.5, "batch": 16,
-                         "shards": 3, "micros": [8, 16], "fast_steps": 20},
+                         "shards": 3, "micros": [8, 16], "fast_steps": 20, "attention": [5, 4096, 64]},
             "sdxl-base": {"kind": "sdxl", "resolution": 1024, "steps": 50, "guidance": 5.0, "batch": 8,
-                          "shards": 2, "micros": [2, 4], "fast_steps": 20}}
+                          "shards": 2, "micros": [2, 4], "fast_steps": 20, "attention": [10, 4096, 64]}}
 TINY = {"tiny": {"kind": "sd", "resolution": 32, "steps": 5, "guidance": 3.0, "batch": 4,
-                 "shards": 2, "micros": [2, 4], "fast_steps": 2}}
+                 "shards": 2, "micros": [2, 4], "fast_steps": 2, "attention": [2, 256, 16]}}
 MAIN_SETUP = {"images": 1000 * 10, "dpo_pairs": 500 * 256}
 
 
@@ -72,6 +76,31 @@ def first_and_best(fn, device, repeat: int = 2) -> tuple[float, float]:
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return first, best
+
+
+def attention_rates(rows: int, heads: int, tokens: int, head_dim: int, device, dtype, rate: float) -> dict:
+    """Each of scaled_dot_product_attention's kernels alone (`backbone.sdpa_backend`'s names), forced, on
+    self-attention of `rows` × `heads` × `tokens` × `head_dim` laid out as diffusers' processor passes it
+    (transposed views): FLOP/s of its 4·B·H·N²·d FLOPs and their fraction of the roofline `rate`; a kernel that
+    cannot run here gives the reason."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .backbones import SDPA_BACKENDS
+
+    q, k, v = (torch.randn(rows, tokens, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
+               for _ in range(3))
+    flops = 4 * rows * heads * tokens ** 2 * head_dim
+    out: dict = {"shape": [rows, heads, tokens, head_dim], "tflop": flops / 1e12}
+    for name, member in SDPA_BACKENDS.items():
+        try:
+            with sdpa_kernel(getattr(SDPBackend, member)), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sec = timed(lambda: F.scaled_dot_product_attention(q, k, v), device, repeat=5)
+            out[name] = {"tflop_s": flops / sec / 1e12, "roofline_fraction": flops / sec / rate}
+        except RuntimeError as e:
+            out[name] = {"unavailable": " ".join(str(e).split())[:160]}
+    return out
 
 
 def backbone_for(model: str, s: dict, device, dtype):
@@ -108,7 +137,8 @@ def generation_parts(bb, b: int, unet_calls: int, device) -> dict[str, float]:
 def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels_last: bool, rate: float,
                 dpo: bool = True, parts: bool = True, micros: list[int] | None = None,
                 compile_backend: str = "inductor", compile_mode: str | None = None, save=None,
-                generation_only: bool = False, compile_options: dict | None = None) -> dict:
+                generation_only: bool = False, compile_options: dict | None = None,
+                sdpa_backend: str | None = None) -> dict:
     """Generation (default sampler and generate=fast) and the DPO step of one model; rates, fractions of the
     roofline `rate`, per-part seconds, and the main setup's minutes per concept from them. `save(out)` is called
     after each measurement with what is known so far (a run cut short by a time limit keeps it)."""
@@ -128,6 +158,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
             save(out)
 
     bb = backbone_for(model, s, device, dtype)
+    bb.sdpa_backend = sdpa_backend  # attention's kernel tried first (`backbone.sdpa_backend`)
     unet = bb.unet
     if channels_last:  # as backbone.channels_last=true does
         unet.to(memory_format=torch.channels_last)
@@ -147,6 +178,11 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
     out["unet_calls_per_image"] = calls
     out["unet_tflop_per_image"] = flops_fwd * calls / 1e12  # one image = the 2 CFG rows
     done("built, UNet FLOPs counted")
+    out["attention"] = attention_rates(2 * b, *s["attention"], device, dtype, rate)
+    done("attention kernels: " + ", ".join(
+        f"{k} {v['tflop_s']:.3g} TFLOP/s ({100 * v['roofline_fraction']:.0f} % of R)" if "tflop_s" in v
+        else f"{k} unavailable"
+        for k, v in out["attention"].items() if isinstance(v, dict)))
     bb.compile = compile_unet  # generation compiles as training does (`backbone.compile`)
     bb.compile_backend, bb.compile_mode, bb.compile_options = compile_backend, compile_mode, compile_options
 
@@ -214,7 +250,7 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
             with autocast, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 loss = module.training_step(batch, 0)
-            loss.backward()
+            module.backward(loss)  # as Lightning calls it (with sdpa_backend: checkpointing's recomputation too)
             last["loss"] = loss.detach()
         return micro
 
@@ -255,7 +291,8 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
 def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool = False,
         channels_last: bool = False, out_dir: str | None = "results/bench", check: bool = False,
         micros: list[int] | None = None, compile_backend: str = "inductor", compile_mode: str | None = None,
-        batch: int | None = None, generation_only: bool = False, compile_options: dict | None = None) -> dict:
+        batch: int | None = None, generation_only: bool = False, compile_options: dict | None = None,
+        sdpa_backend: str | None = None) -> dict:
     """`check`: the full-size models on the CPU at 64 px, 2 steps, one image (fp32; SDXL without its DPO step,
     which needs ~50 GB): the GPU run's code path, not its speed."""
     from .bench import environment, matmul_rate
@@ -272,6 +309,7 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
     result = {"environment": environment(device), "matmul_tflop_s": rate / 1e12, "compile": compile_unet,
               "generation_only": generation_only,
               "compile_backend": compile_backend, "compile_mode": compile_mode, "compile_options": compile_options,
+              "sdpa_backend": sdpa_backend,
               "channels_last": channels_last, "models": []}
     print(f"{result['environment']}\nmatmul ({dtype}): {rate / 1e12:.1f} TFLOP/s")
 
@@ -284,7 +322,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         name += ("_compile" * compile_unet + (f"_{compile_mode}" if compile_unet and compile_mode else "")
                  + ("_" + "_".join(f"{k}-{v}" for k, v in compile_options.items())
                     if compile_unet and compile_options else "")
-                 + "_channels-last" * channels_last + (f"_batch{batch}" if batch else "")
+                 + "_channels-last" * channels_last + (f"_sdpa-{sdpa_backend}" if sdpa_backend else "")
+                 + (f"_batch{batch}" if batch else "")
                  + "_generation" * generation_only)
         return write_json(Path(out_dir) / f"gpu_{result['environment']['date']}_{name}.json",
                           {**result, "models": models_so_far})
@@ -296,7 +335,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
         r = bench_model(model, s, device, dtype, compile_unet, channels_last, rate,
                         dpo=not (check and model == "sdxl-base"), micros=micros,
                         compile_backend=compile_backend, compile_mode=compile_mode, save=save,
-                        generation_only=generation_only, compile_options=compile_options)
+                        generation_only=generation_only, compile_options=compile_options,
+                        sdpa_backend=sdpa_backend)
         if device.type == "cuda":  # the next model starts on a free GPU
             import gc
 
@@ -324,6 +364,8 @@ def run(models: list[str] | None = None, tiny: bool = False, compile_unet: bool 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .backbones import SDPA_BACKENDS
+
     ap = argparse.ArgumentParser(prog="python -m dbdpo.bench_gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", choices=list(SETTINGS), default=None)
@@ -334,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile-options", nargs="*", default=[], metavar="NAME=VALUE",
                     help="inductor options over the mode's (with --compile), as backbone.compile_options: "
                          "e.g. coordinate_descent_tuning=true conv_1x1_as_mm=true")
+    ap.add_argument("--sdpa-backend", default=None, choices=list(SDPA_BACKENDS),
+                    help="attention's kernel tried first, as backbone.sdpa_backend (default: torch's own order)")
     ap.add_argument("--micros", nargs="*", type=int, default=None,
                     help="the DPO micro-batches (pairs) to time, instead of the model's own")
     ap.add_argument("--channels-last", action="store_true")
@@ -354,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.warn(f"--compile: torch.compile is unavailable here ({reason}); measuring without it")
             args.compile = False
     run(args.models, args.tiny, args.compile, args.channels_last, args.out or None, args.check, args.micros,
-        args.compile_backend, args.compile_mode, args.batch, args.generation_only, options)
+        args.compile_backend, args.compile_mode, args.batch, args.generation_only, options, args.sdpa_backend)
 
 
 def parse_options(items: list[str], ap: argparse.ArgumentParser) -> dict | None:

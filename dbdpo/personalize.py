@@ -7,6 +7,8 @@ target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-pre
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import lightning as L
@@ -98,10 +100,26 @@ class UNetTraining(L.LightningModule):
             self.setup("fit")
         return self._groups
 
-    def unet_call(self, unet: torch.nn.Module) -> torch.nn.Module:
+    def unet_call(self, unet: torch.nn.Module):
         """How training runs `unet`: as is, or with `backbone.compile_training` through `torch.compile(unet)` (the
-        backbone's mode and backend), built once per module and sharing its weights. The wrapper is kept out of the
-        module tree, so state dicts, checkpoints and the reference copy are the eager UNet's."""
+        backbone's mode and backend), built once per module and sharing its weights; with `backbone.sdpa_backend`,
+        inside its attention context. The wrapper is kept out of the module tree, so state dicts, checkpoints and
+        the reference copy are the eager UNet's."""
+        call = self._unet_module(unet)
+        if not getattr(self.backbone, "sdpa_backend", None):
+            return call
+
+        def in_attention(*args, **kwargs):
+            with self.backbone.attention():
+                return call(*args, **kwargs)
+        return in_attention
+
+    def backward(self, loss, *args, **kwargs) -> None:
+        # gradient checkpointing recomputes the UNet's forward here: with the kernels the forward ran
+        with self.backbone.attention() if getattr(self.backbone, "sdpa_backend", None) else contextlib.nullcontext():
+            super().backward(loss, *args, **kwargs)
+
+    def _unet_module(self, unet: torch.nn.Module) -> torch.nn.Module:
         if not getattr(self.backbone, "compile_training", False):
             return unet
         calls = self.__dict__.setdefault("_unet_calls", {})

@@ -106,9 +106,9 @@ PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
 
 
 def _backbone_enums():
-    from .backbones import _DTYPES, KINDS, SAMPLERS
+    from .backbones import _DTYPES, KINDS, SAMPLERS, SDPA_BACKENDS
 
-    return KINDS, SAMPLERS, tuple(_DTYPES)
+    return KINDS, SAMPLERS, tuple(_DTYPES), tuple(SDPA_BACKENDS)
 
 
 def _compile_backend(x) -> str | None:
@@ -147,6 +147,8 @@ class BackboneSchema:
     compile_backend: str = setting("inductor", lambda x: _compile_backend(x))
     # inductor's options over the mode's, e.g. {coordinate_descent_tuning: true, conv_1x1_as_mm: true}
     compile_options: Optional[dict[str, Any]] = setting(None, _opt(lambda x: _inductor_options(x)))
+    # scaled_dot_product_attention's kernel tried first (null: torch's own order)
+    sdpa_backend: Optional[str] = setting(None, _opt(lambda x: one_of(*_backbone_enums()[3])(x)))
 
 
 @dataclass

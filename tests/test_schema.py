@@ -30,7 +30,7 @@ BAD = [
     ("backbone.kind=sd3", "backbone.kind"), ("backbone.compile=perhaps", "backbone.compile"),
     ("backbone.compile_training=perhaps", "backbone.compile_training"),
     ("backbone.channels_last=perhaps", "backbone.channels_last"),
-    ("backbone.compile_mode=fastest", "backbone.compile_mode"),
+    ("backbone.compile_mode=fastest", "backbone.compile_mode"), ("backbone.sdpa_backend=fa3", "backbone.sdpa_backend"),
     ("backbone.compile_options=fast", "backbone.compile_options"),
     ("backbone.compile_backend=turbo", "backbone.compile_backend"), ("backbone.pretrained=/no/such/folder", "backbone.pretrained"),
     ("method.lr=-1", "method.lr"), ("method.lr=nan", "method.lr"), ("method.batch_size=0", "method.batch_size"),

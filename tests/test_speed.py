@@ -56,6 +56,10 @@ def test_gpu_script_runs_at_tiny_size_on_the_cpu(tmp_path):
             "generation, one batch end to end (without decode/PNG)", "PNG writing"} <= set(parts)
     assert any(k.startswith("PNG writing, ") and "threads" in k for k in parts)
     assert all(v > 0 for v in parts.values())
+    # each attention kernel timed alone where it runs (the CPU's flash and math), the reason where it does not
+    att = m["attention"]
+    assert att["shape"] == [8, 2, 256, 16] and att["math"]["tflop_s"] > 0 and att["flash"]["roofline_fraction"] > 0
+    assert "No viable backend" in att["cudnn"]["unavailable"]
     # fp32 on the CPU: the policy and its reference copy run the same kernels, so the step-0 loss is ln 2
     assert all(abs(d["step0_loss_minus_ln2"]) < 1e-6 and d["first_call_s"] > 0 for d in m["dpo"])
 
@@ -113,11 +117,12 @@ def test_gpu_script_measures_the_compiled_unets_as_training_runs_them(tmp_path):
     from dbdpo.bench_gpu import run
 
     graphs = counters["stats"]["unique_graphs"]
-    result = run(tiny=True, compile_unet=True, compile_backend="eager", micros=[3], out_dir=str(tmp_path))
+    result = run(tiny=True, compile_unet=True, compile_backend="eager", micros=[3], out_dir=str(tmp_path),
+                 sdpa_backend="math")
     assert counters["stats"]["unique_graphs"] - graphs >= 3  # sampling, the policy's training step, the reference
     (m,) = result["models"]
-    assert result["compile"] and result["compile_backend"] == "eager"
-    assert next(tmp_path.glob("gpu_*_tiny_cpu_compile.json"))
+    assert result["compile"] and result["compile_backend"] == "eager" and result["sdpa_backend"] == "math"
+    assert next(tmp_path.glob("gpu_*_tiny_cpu_compile_sdpa-math.json"))
     assert [d["micro"] for d in m["dpo"]] == [3] and m["dpo_pairs_s"] > 0 and m["generation_img_s"] > 0
     assert abs(m["dpo"][0]["step0_loss_minus_ln2"]) < 1e-6
 
@@ -247,6 +252,44 @@ def test_backbone_compile_options_reach_torch_compile_over_the_modes_options(tin
     generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "g", 1, seed=0, progress=False)
     assert got and all(o == {**list_mode_options(mode), **ours} for o in got)
     assert got[0]["max_autotune"] is True and got[0]["coordinate_descent_tuning"] is False
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_sdpa_backend_is_first_in_every_attention_call_sampling_decoding_and_training(tiny_backbone, tmp_path):
+    # backbone.sdpa_backend: every attention module runs with that kernel first in torch's order — in sampling, in
+    # the VAE's decoder, in the DPO step's policy and reference forwards, and in the forwards gradient
+    # checkpointing recomputes during backward (a recomputation with another kernel would save other tensors);
+    # outside the backbone's work torch's own order is back
+    from torch.nn.attention import SDPBackend
+
+    from dbdpo.dpo import DiffusionDPOModule
+    from dbdpo.generate import generate
+
+    default = torch._C._get_sdp_priority_order()
+    seen = []
+
+    def record(module, args):
+        seen.append((phase, torch._C._get_sdp_priority_order()[0]))
+
+    bb = tiny_backbone(sdpa_backend="math")
+    hooks = [m.register_forward_pre_hook(record) for m in [*bb.unet.modules(), *bb.vae.modules()]
+             if type(m).__name__ == "Attention"]
+    assert hooks
+    phase = "sampling"
+    generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "g", 2, seed=0, progress=False)
+    bb.unet.enable_gradient_checkpointing()
+    bb.unet.train()
+    module = DiffusionDPOModule(bb, beta=5000.0)
+    batch = {"latents_w": torch.randn(2, *bb.latent_shape), "latents_l": torch.randn(2, *bb.latent_shape),
+             "prompt": ["a photo of sks toy", "a sks toy on a beach"]}
+    phase = "forward"
+    loss = module.training_step(batch, 0)
+    phase = "backward"
+    module.backward(loss)
+    assert {p for p, _ in seen} == {"sampling", "forward", "backward"}
+    assert all(first == int(SDPBackend.MATH.value) for _, first in seen), seen
+    assert torch._C._get_sdp_priority_order() == default
+    assert all(p.grad is not None for p in bb.unet.parameters() if p.requires_grad)
 
 
 def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_backbone, tmp_path, monkeypatch):
