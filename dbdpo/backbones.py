@@ -246,6 +246,7 @@ class Backbone:
     sdpa_backend: str | None = None  # attention's kernel tried first (SDPA_BACKENDS); None: torch's own order
     _compiled: Any = field(default=None, repr=False, compare=False)
     _compiled_decoder: Any = field(default=None, repr=False, compare=False)
+    _sdpa_checked: bool = field(default=False, repr=False, compare=False)
 
     @property
     def unet(self):
@@ -321,6 +322,13 @@ class Backbone:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        if not self._sdpa_checked:  # once: a kernel this device cannot run is a warning, not a silent fallback
+            self._sdpa_checked = True
+            why = sdpa_unavailable(self.sdpa_backend, self.device, self.compute_dtype)
+            if why:
+                warnings.warn(f"backbone.sdpa_backend={self.sdpa_backend}: that attention kernel cannot run here "
+                              f"({why}); torch's other kernels run instead (set backbone.sdpa_backend=null to "
+                              "silence this)", stacklevel=3)
         order = [self.sdpa_backend, *(k for k in SDPA_BACKENDS if k != self.sdpa_backend)]
         return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[k]) for k in order], set_priority=True)
 
@@ -383,8 +391,14 @@ class Backbone:
         dtypes = {m.dtype for m in (self.pipe.unet, self.pipe.vae, *self.text_encoders)}
         if len(dtypes) == 1:
             return contextlib.nullcontext()
-        half = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
-        return torch.autocast(self.device.type, dtype=half)
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the networks compute in: the frozen parts' half dtype where the pipeline mixes dtypes (under
+        `autocast`), else the one they share."""
+        dtypes = {m.dtype for m in (self.pipe.unet, self.pipe.vae, *self.text_encoders)}
+        return next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), self.pipe.unet.dtype)
 
     @contextlib.contextmanager
     def decoding(self):
@@ -506,6 +520,25 @@ def compile_unavailable(device: torch.device, backend: Any = "inductor") -> str 
 # own order of priority
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH",
                  "cudnn": "CUDNN_ATTENTION"}
+
+
+def sdpa_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why scaled_dot_product_attention's `backend` (a name of SDPA_BACKENDS) cannot run a small self-attention
+    of `dtype` on `device` here (torch's own reasons where it gives them), or None."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.zeros(1, 1, 128, 64, device=device, dtype=dtype)
+    with warnings.catch_warnings(record=True) as said, torch.no_grad():
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend])):
+                F.scaled_dot_product_attention(q, q, q)
+            return None
+        except RuntimeError as e:
+            reasons = [" ".join(str(w.message).split()) for w in said if "not used because" in str(w.message)]
+            return (reasons[0] if reasons else f"torch has no such kernel for {dtype} on {device.type}: "
+                    + " ".join(str(e).split())[:120])[:300]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

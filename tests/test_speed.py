@@ -292,6 +292,29 @@ def test_sdpa_backend_is_first_in_every_attention_call_sampling_decoding_and_tra
     assert all(p.grad is not None for p in bb.unet.parameters() if p.requires_grad)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_sdpa_backend_this_device_cannot_run_warns_once_and_torchs_order_runs(tiny_backbone, tmp_path):
+    # cuDNN's attention on a CPU: one warning naming the setting and the fallback, then torch's other kernels —
+    # the same images as without the setting
+    from dbdpo.backbones import sdpa_unavailable
+    from dbdpo.dpo import DiffusionDPOModule
+    from dbdpo.generate import generate
+
+    assert "no such kernel" in sdpa_unavailable("cudnn", torch.device("cpu"), torch.float32)
+    assert sdpa_unavailable("math", torch.device("cpu"), torch.float32) is None
+    bb = tiny_backbone(sdpa_backend="cudnn")
+    with pytest.warns(UserWarning, match=r"backbone.sdpa_backend=cudnn: that attention kernel cannot run here "
+                                         r"\(torch has no such kernel.*torch's other kernels run instead") as rec:
+        a = generate(bb, ["a photo of [V*]"], "sks toy", tmp_path / "a", 2, seed=0, progress=False)
+        module = DiffusionDPOModule(bb, beta=5000.0)
+        batch = {"latents_w": torch.randn(2, *bb.latent_shape), "latents_l": torch.randn(2, *bb.latent_shape),
+                 "prompt": ["a photo of sks toy", "a sks toy on a beach"]}
+        module.backward(module.training_step(batch, 0))
+    assert sum("backbone.sdpa_backend" in str(w.message) for w in rec) == 1
+    b = generate(tiny_backbone(), ["a photo of [V*]"], "sks toy", tmp_path / "b", 2, seed=0, progress=False)
+    assert torch.equal(a.latents, b.latents)
+
+
 def test_backbone_compile_where_it_cannot_run_warns_and_samples_eagerly(tiny_backbone, tmp_path, monkeypatch):
     from dbdpo.backbones import compile_unavailable
     from dbdpo.generate import generate
