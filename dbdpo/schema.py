@@ -316,7 +316,8 @@ def register_schemas() -> None:
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list[str]": "a list of strings", "list[int]": "a list of integers"}
+               "list[str]": "a list of strings", "list[int]": "a list of integers",
+               "dict[str, Any]": "a mapping {name: value, ...}"}
 
 
 def _type_name(tp) -> str:
