@@ -7,7 +7,8 @@ their published configs with random weights (speed does not depend on weight val
 - generation through `dbdpo.generate` (latents, VAE decode, PNGs): img/s, beside the original's 2.8 img/s, and
   the fraction of the roofline  f = (UNet FLOPs per image · img/s) / R, UNet FLOPs from torch's flop counter
   (one forward of the CFG batch × the sampler's UNet calls: 51 for 50 PNDM steps); the same with generate=fast
-  (DPM-Solver++, 20 steps); the UNet alone, called as generation calls it (what the rest of the loop costs); and
+  (DPM-Solver++, 20 steps); the UNet alone, called as generation calls it (what the rest of the loop costs), and
+  the host-GPU synchronizations of one batch (torch's sync debug mode); and
   where generation's time goes (text encoding, UNet, VAE decode, PNG writing); each attention kernel alone on
   the UNet's largest self-attention (FLOP/s beside the roofline);
 - DPO micro-batches of the full-UNet fine-tune (fp32 masters under bf16 autocast, bf16 reference, gradient
@@ -101,6 +102,22 @@ def attention_rates(rows: int, heads: int, tokens: int, head_dim: int, device, d
         except RuntimeError as e:
             out[name] = {"unavailable": " ".join(str(e).split())[:160]}
     return out
+
+
+def count_syncs(fn, device) -> int | None:
+    """How many times `fn()` made the host wait for the GPU (torch's CUDA sync debug mode warns once per
+    synchronizing operation: `.item()`, a tensor used as a Python bool, a blocking copy); None off CUDA."""
+    if device.type != "cuda":
+        fn()
+        return None
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in said)
 
 
 def backbone_for(model: str, s: dict, device, dtype):
@@ -211,6 +228,18 @@ def bench_model(model: str, s: dict, device, dtype, compile_unet: bool, channels
         out["unet_alone_img_s"] = 1 / unet_s
         out["unet_alone_roofline_fraction"] = out["unet_tflop_per_image"] * 1e12 / unet_s / rate
         done(f"the UNet alone {1 / unet_s:.2f} img/s, {100 * out['unet_alone_roofline_fraction']:.0f} % of R")
+        # where the loop makes the host wait for the GPU (each wait leaves the GPU idle until the next launch)
+        from .generate import _generate_batch
+
+        try:  # a diagnostic: it must not cost the variant its other measurements
+            out["generation_syncs_per_batch"] = count_syncs(lambda: bb.decode(_generate_batch(
+                bb, texts, list(range(b)), bb.guidance_scale, bb.num_inference_steps)), device)
+        except Exception as e:  # noqa: BLE001
+            out["generation_syncs_per_batch"] = None
+            out["generation_syncs_error"] = " ".join(str(e).split())[:200]
+        if out["generation_syncs_per_batch"] is not None:
+            done(f"{out['generation_syncs_per_batch']} host-GPU synchronizations per batch of {b} "
+                 f"({calls} UNet calls)")
         if not generation_only:
             sec_fast = timed(gen(sampler="DPMSolverMultistepScheduler", num_inference_steps=fast_steps), device,
                              repeat=2) / n * b

@@ -71,6 +71,7 @@ def test_gpu_script_generation_only_at_another_batch(tmp_path):
     (m,) = json.loads(next(tmp_path.glob("gpu_*_tiny_cpu_batch3_generation.json")).read_text())["models"]
     assert m == result["models"][0] and m["batch"] == 3 and m["generation_img_s"] > 0
     assert m["unet_alone_img_s"] > 0 and m["unet_alone_roofline_fraction"] > 0  # the UNet alone, as generation calls it
+    assert m["generation_syncs_per_batch"] is None and "generation_syncs_error" not in m  # counted on CUDA only
     assert not {"generation_fast_img_s", "generation_parts_s_per_image", "dpo"} & set(m)
 
 
