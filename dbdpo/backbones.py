@@ -324,7 +324,8 @@ class Backbone:
 
         if not self._sdpa_checked:  # once: a kernel this device cannot run is a warning, not a silent fallback
             self._sdpa_checked = True
-            why = sdpa_unavailable(self.sdpa_backend, self.device, self.compute_dtype)
+            # attention computes in the frozen parts' dtype: the one all share, or autocast's half one
+            why = sdpa_unavailable(self.sdpa_backend, self.device, self.frozen_dtype)
             if why:
                 warnings.warn(f"backbone.sdpa_backend={self.sdpa_backend}: that attention kernel cannot run here "
                               f"({why}); torch's other kernels run instead (set backbone.sdpa_backend=null to "
@@ -391,14 +392,8 @@ class Backbone:
         dtypes = {m.dtype for m in (self.pipe.unet, self.pipe.vae, *self.text_encoders)}
         if len(dtypes) == 1:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype the networks compute in: the frozen parts' half dtype where the pipeline mixes dtypes (under
-        `autocast`), else the one they share."""
-        dtypes = {m.dtype for m in (self.pipe.unet, self.pipe.vae, *self.text_encoders)}
-        return next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), self.pipe.unet.dtype)
+        half = torch.bfloat16 if torch.bfloat16 in dtypes else torch.float16
+        return torch.autocast(self.device.type, dtype=half)
 
     @contextlib.contextmanager
     def decoding(self):
@@ -539,6 +534,8 @@ def sdpa_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> 
             reasons = [" ".join(str(w.message).split()) for w in said if "not used because" in str(w.message)]
             return (reasons[0] if reasons else f"torch has no such kernel for {dtype} on {device.type}: "
                     + " ".join(str(e).split())[:120])[:300]
+
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -7,8 +7,6 @@ target = ε (epsilon prediction) or v = √ᾱ_t ε − √(1−ᾱ_t) x0 (v-pre
 
 from __future__ import annotations
 
-import contextlib
-
 import math
 
 import lightning as L
@@ -106,7 +104,7 @@ class UNetTraining(L.LightningModule):
         inside its attention context. The wrapper is kept out of the module tree, so state dicts, checkpoints and
         the reference copy are the eager UNet's."""
         call = self._unet_module(unet)
-        if not getattr(self.backbone, "sdpa_backend", None):
+        if not self.backbone.sdpa_backend:
             return call
 
         def in_attention(*args, **kwargs):
@@ -116,7 +114,7 @@ class UNetTraining(L.LightningModule):
 
     def backward(self, loss, *args, **kwargs) -> None:
         # gradient checkpointing recomputes the UNet's forward here: with the kernels the forward ran
-        with self.backbone.attention() if getattr(self.backbone, "sdpa_backend", None) else contextlib.nullcontext():
+        with self.backbone.attention():  # a no-op without backbone.sdpa_backend
             super().backward(loss, *args, **kwargs)
 
     def _unet_module(self, unet: torch.nn.Module) -> torch.nn.Module:

@@ -22,14 +22,18 @@
 set -uo pipefail
 out=${1:-results/bench}
 budget=${BUDGET_S:-540}  # seconds this script may take
+if ! nvidia-smi -L >/dev/null 2>&1 && [ -z "${BENCH_EXTRA:-}" ]; then
+  echo "error: no GPU here (nvidia-smi failed); on a CPU: BENCH_EXTRA=\"--tiny --compile-backend eager\" $0 OUT" >&2
+  exit 1
+fi
 . "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/smi.txt" 2>&1
-flags="coordinate_descent_tuning=true conv_1x1_as_mm=true epilogue_fusion=false"
 variant() {  # name, seconds it needs, then bench_gpu's arguments; results in $out/<name>/
   local name=$1 need=$2; shift 2
   local left=$((budget - SECONDS))
   if [ "$left" -lt "$need" ]; then echo "skipped $name: ${left}s left, needs ${need}s"; return; fi
   mkdir -p "$out/$name"
+  echo "$*" > "$out/$name/args"  # for the last variant, which combines the winners
   timeout "$left" python3 -m dbdpo.bench_gpu --models sd2-base --compile --channels-last --generation-only \
     --out "$out/$name" "$@" ${BENCH_EXTRA:-} 2>&1 | quiet | tee "$out/$name/generation.log"
   echo "$name done at ${SECONDS}s"
@@ -37,20 +41,18 @@ variant() {  # name, seconds it needs, then bench_gpu's arguments; results in $o
 variant control 100
 variant cudnn 100 --sdpa-backend cudnn
 variant batch32 110 --batch 32
-# shellcheck disable=SC2086
-variant options 120 --compile-options $flags
+variant options 120 --compile-options coordinate_descent_tuning=true conv_1x1_as_mm=true epilogue_fusion=false
 # the arguments of each variant that beat the control's img/s
-best=$(FLAGS="$flags" python3 - "$out" <<'PY'
-import glob, json, os, sys
+best=$(python3 - "$out" cudnn batch32 options <<'PY'
+import glob, json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
 def rate(name):
-    for f in glob.glob(f"{sys.argv[1]}/{name}/gpu_*.json"):
+    for f in glob.glob(str(out / name / "gpu_*.json")):
         m = json.load(open(f))["models"]
         if m and "generation_img_s" in m[0]:
             return m[0]["generation_img_s"]
     return 0.0
-args = {"cudnn": "--sdpa-backend cudnn", "batch32": "--batch 32",
-        "options": "--compile-options " + os.environ["FLAGS"]}
-print(" ".join(a for name, a in args.items() if rate(name) > rate("control") > 0))
+print(" ".join((out / n / "args").read_text().strip() for n in sys.argv[2:] if rate(n) > rate("control") > 0))
 PY
 )
 echo "beat the control: ${best:-none}"
